@@ -1,0 +1,38 @@
+"""Where the default study's time goes: the duration of every executed stage notebook (papermill's own record in
+reports/stages/*.ipynb), their sum, and the span from the first start to the last end. Writes reports/bench/study_time.json.
+
+The sum is the study's compute on this machine; a whole `dvc repro` adds DVC's hashing and each stage's process start
+(a few seconds a stage). When every stage ran in one `dvc repro`, the span is that run's wall time.
+
+    .venv/bin/python benchmarks/study_time.py
+"""
+import argparse, json, os
+from datetime import datetime
+from pathlib import Path
+
+from dt2it_mrm.core import write_json
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stages", default="reports/stages"); ap.add_argument("--out", default="reports/bench/study_time.json")
+    a = ap.parse_args()
+    rows = {}
+    for p in sorted(Path(a.stages).glob("*.ipynb")):
+        pm = json.loads(p.read_text(encoding="utf-8"))["metadata"].get("papermill", {})
+        if pm.get("duration") is None: raise ValueError(f"{p}: no papermill duration (was it executed by dt2it-stage?)")
+        rows[p.stem] = {"s": pm["duration"], "start": pm["start_time"], "end": pm["end_time"]}
+    t = lambda s: datetime.fromisoformat(s)
+    span = (max(t(r["end"]) for r in rows.values()) - min(t(r["start"]) for r in rows.values())).total_seconds()
+    by_kind = {}
+    for name, r in rows.items():
+        k = name.split("_")[0] if name.startswith(("train_", "evaluate_", "curate_")) else name
+        by_kind[k] = by_kind.get(k, 0.0) + r["s"]
+    out = {"stages": len(rows), "sum_s": sum(r["s"] for r in rows.values()), "span_s": span, "by_kind_s": by_kind,
+           "cpus": os.cpu_count(), "per_stage": rows}
+    write_json(a.out, out)
+    print(json.dumps({k: v for k, v in out.items() if k != "per_stage"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Scoring throughput: the batched scorer vs a one-record-at-a-time loop (as DT2IT's inference script), same model, same
+items, one run. Writes reports/bench/throughput.json.
+
+Two models: the study's trained `oracle` reward model (a tiny base, where per-call overheads are small and the ratio is
+modest), and a fresh reward model on a random base of at least 100M parameters (the memory benchmark's config), closer to
+a real VLM. Both paths must give the same scores.
+
+    .venv/bin/python benchmarks/throughput.py [--model data/models/oracle] [--data data/world/test_iid.jsonl] [--n 200]
+"""
+import argparse, json, platform, sys, tempfile, time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from memory import build  # noqa: E402
+from dt2it_mrm.core import set_offline, write_json
+from dt2it_mrm.reward_model import RMConfig, build_reward_model, load_reward_model, pair_items
+from dt2it_mrm.score import RewardScorer, naive_scores
+
+
+def compare(rm, items, batch_size: int) -> dict:
+    "Time both paths on `items` with reward model `rm` (first-call costs excluded from both)."
+    naive_scores(rm, items[:2]); RewardScorer(rm)(items[:2])
+    t0 = time.perf_counter(); ref = naive_scores(rm, items); t_naive = time.perf_counter() - t0
+    scorer = RewardScorer(rm, batch_size=batch_size)  # a fresh scorer: no image features cached yet
+    t0 = time.perf_counter(); got = scorer(items); t_batched = time.perf_counter() - t0
+    diff = float(np.abs(ref - got).max())
+    assert diff < 1e-3 * max(1.0, float(np.abs(ref).max())), f"batched and one-at-a-time scores disagree by {diff}"
+    return {"items": len(items), "distinct_images": len({it["image"] for it in items}), "batch_size": batch_size,
+            "one_at_a_time_s": t_naive, "batched_s": t_batched, "one_at_a_time_items_per_s": len(items) / t_naive,
+            "batched_items_per_s": len(items) / t_batched, "speedup": t_naive / t_batched, "max_abs_score_diff": diff}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="data/models/oracle"); ap.add_argument("--data", default="data/world/test_iid.jsonl")
+    ap.add_argument("--n", type=int, default=200, help="pairs (2 items each) for the study's model")
+    ap.add_argument("--n_large", type=int, default=24, help="pairs for the >=100M-parameter model")
+    ap.add_argument("--batch_size", type=int, default=32); ap.add_argument("--out", default="reports/bench/throughput.json")
+    a = ap.parse_args(); set_offline(); torch.manual_seed(0)
+    recs = [json.loads(l) for l in Path(a.data).read_text().splitlines()]
+    res = {"data": a.data, "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    res["study_model"] = {"model": a.model, **compare(load_reward_model(a.model), pair_items(recs[: a.n]), a.batch_size)}
+    print(json.dumps(res["study_model"], indent=1), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        n = build(Path(tmp) / "base", "qwen3_vl", 1024, 16, 16)
+        rm = build_reward_model(Path(tmp) / "base", RMConfig(quant="4bit", lora_r=16, lora_alpha=16))
+        with torch.no_grad(): rm.head.weight.normal_(0, 0.02)  # the value head starts at zero: give the scores a spread
+        res["large_model"] = {"parameters": n, "config": {"hidden": 1024, "layers": 16, "heads": 16, "quant": "4bit"},
+                              **compare(rm, pair_items(recs[: a.n_large]), a.batch_size)}
+    print(json.dumps(res["large_model"], indent=1))
+    write_json(a.out, res)
+
+
+if __name__ == "__main__":
+    main()

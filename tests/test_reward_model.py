@@ -1,0 +1,213 @@
+"""The QLoRA reward model: the CPU 4-bit gradient trap, training behaviour, every family and quantisation, fusion
+variants, ensembles, save/reload in a fresh process, and a 2-process `accelerate launch` that trains the same model."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rm_fixtures import ROOT, TINY, _env, base, make_base, pairs, qwen_base, read_jsonl, run_py, tokenizer, world  # noqa: F401
+from dt2it_mrm.reward_model import (BLANK, FUSIONS, PairData, RMConfig, blank_tensors, bt_loss, build_reward_model,
+                                    features_by_key, fit, load_reward_model, member_paths, pair_loss, rewards,
+                                    save_reward_model, train_ensemble, train_reward_model, trainable)
+from dt2it_mrm.vlm import FAMILIES, load_processor, quantized_modules
+
+
+def _data(base, recs, blank=False):
+    proc = load_processor(base)
+    return proc, PairData(proc, recs, blank)
+
+
+def _feats(rm, proc, data):
+    return features_by_key(rm, data, {BLANK: blank_tensors(proc, 84)})
+
+
+def test_bt_loss_is_weighted_and_has_a_margin():
+    c, r = torch.tensor([1.0, 0.0, 3.0]), torch.tensor([0.0, 0.0, 1.0])
+    per = bt_loss(c, r, reduction="none")
+    assert torch.allclose(per, torch.nn.functional.softplus(r - c))
+    assert torch.allclose(bt_loss(c, r, torch.tensor([2.0, 0.0, 1.0])), (2 * per[0] + per[2]) / 3)
+    assert bt_loss(c, r, margin=1.0) > bt_loss(c, r) and torch.isclose(bt_loss(torch.tensor([1.0]), torch.tensor([0.0]), margin=1.0), torch.log(torch.tensor(2.0)))
+
+
+def _lora_grads(rm, data, feats, pairs_idx):
+    """One eval/no-grad pass first (the pass that makes bitsandbytes repack 4-bit weights on AVX512-BF16 CPUs), then
+    the training loss's gradients of the trainable weights."""
+    rm.eval()
+    with torch.no_grad(): rewards(rm, data, feats)
+    rm.train(); rm.zero_grad()
+    pair_loss(rm, data, feats, pairs_idx, rm.cfg).backward()
+    return {n: p.grad.clone() for n, p in trainable(rm).items()}
+
+
+@pytest.mark.parametrize("which", ["qwen2_vl", "llava"])
+def test_lora_gradients_on_4bit_match_the_dequantised_fp32_model_after_an_eval_pass(which, base, qwen_base, pairs):
+    import bitsandbytes as bnb
+    path = qwen_base if which == "qwen2_vl" else base
+    cfg = dict(lora_r=4, seed=0)
+    rm4, rm32 = build_reward_model(path, RMConfig(quant="4bit", **cfg)), build_reward_model(path, RMConfig(quant="none", **cfg))
+    # the fp32 twin gets exactly the 4-bit model's weights, dequantised (before any eval pass touches them)
+    mods32 = dict(rm32.named_modules())
+    deq = {n: bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state) for n, m in rm4.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert deq
+    for n, w in deq.items(): mods32[n].weight.data.copy_(w)
+    torch.manual_seed(1)  # LoRA B starts at zero (A's gradient would be zero): give every trainable weight a value
+    for (n4, p4), (n32, p32) in zip(trainable(rm4).items(), trainable(rm32).items()):
+        assert n4 == n32; p4.data.normal_(0, 0.2); p32.data.copy_(p4.data)
+    proc, data = _data(path, pairs[:6])
+    g4, g32 = (_lora_grads(rm, data, _feats(rm, proc, data), [0, 1, 2, 3]) for rm in (rm4, rm32))
+    for n in g4:
+        assert g4[n].abs().max() > 0, n
+        torch.testing.assert_close(g4[n], g32[n], rtol=1e-3, atol=1e-5, msg=lambda m: f"{n}: {m}")
+    # the trap is real on this CPU: without the fix, the same sequence corrupts the gradients (or crashes)
+    from bitsandbytes.functional import has_avx512bf16
+    if has_avx512bf16():
+        rm_bad = build_reward_model(path, RMConfig(quant="4bit", **cfg))
+        for m in rm_bad.modules():
+            if isinstance(m, bnb.nn.Linear4bit): m.support_avx512bf16_for_cpu = True
+        for (n, p), p4 in zip(trainable(rm_bad).items(), trainable(rm4).values()): p.data.copy_(p4.data)
+        try:
+            gb = _lora_grads(rm_bad, data, _feats(rm_bad, proc, data), [0, 1, 2, 3])
+            assert any(not torch.allclose(gb[n], g32[n], rtol=1e-3, atol=1e-5) for n in gb)
+        except (RuntimeError, ValueError):
+            pass
+
+
+def test_training_lowers_the_loss_moves_adapters_and_head_and_leaves_the_base_bit_identical(base, pairs):
+    cfg = RMConfig(lora_r=4, epochs=8, batch_size=8, lr=5e-3, warmup=2, seed=0)
+    rm = build_reward_model(base, cfg)
+    proc, data = _data(base, pairs[:16])
+    feats = _feats(rm, proc, data)
+    frozen = {n: p.detach().clone() for n, p in rm.named_parameters() if not p.requires_grad}
+    frozen |= {n: b.detach().clone() for n, b in rm.named_buffers()}
+    moving = {n: p.detach().clone() for n, p in trainable(rm).items()}
+    with torch.no_grad(): before = pair_loss(rm.eval(), data, feats, list(range(16)), cfg).item()
+    rep = fit(rm, data, cfg, evals={"train": data}, progress=False)
+    with torch.no_grad(): after = pair_loss(rm.eval(), data, feats, list(range(16)), cfg).item()
+    assert after < before - 0.05, (before, after)
+    assert rep["steps"] == 16 and rep["history"][-1]["acc_train"] > 0.5
+    now = dict(rm.named_parameters()) | dict(rm.named_buffers())
+    assert all(torch.equal(frozen[n], now[n]) for n in frozen), [n for n in frozen if not torch.equal(frozen[n], now[n])][:3]
+    assert any("base_layer" in n for n in frozen) and quantized_modules(rm)  # the 4-bit weights were among them
+    changed = {n for n in moving if not torch.equal(moving[n], now[n])}
+    assert {n for n in moving if "lora_" in n} <= changed and {n for n in moving if n.startswith("head.")} <= changed
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_loads_in_4bit_and_runs_a_qlora_step(family, tokenizer, pairs, tmp_path):
+    path = make_base(tokenizer, family, tmp_path / family)
+    cfg = RMConfig(lora_r=4, epochs=2, batch_size=4, lr=5e-3, warmup=1)
+    rm = build_reward_model(path, cfg)
+    assert quantized_modules(rm) and all("language_model" in n for n in quantized_modules(rm))
+    # LoRA B and the value head start at zero, so the first step moves the head and the second LoRA B
+    moving = {n: p.detach().clone() for n, p in trainable(rm).items() if "lora_B" in n}
+    proc, data = _data(path, pairs[:4])
+    rep = fit(rm, data, cfg, progress=False)
+    assert rep["steps"] == 2 and np.isfinite(rep["history"][-1]["loss"])
+    assert all(not torch.equal(moving[n], p) for n, p in trainable(rm).items() if n in moving)
+
+
+@pytest.mark.parametrize("quant", ["8bit", "none"])
+def test_other_quantisations_train(quant, base, pairs):
+    cfg = RMConfig(quant=quant, lora_r=4, epochs=2, batch_size=4, lr=5e-3, warmup=1)
+    rm = build_reward_model(base, cfg)
+    assert bool(quantized_modules(rm)) == (quant != "none")
+    rep = fit(rm, _data(base, pairs[:4])[1], cfg, progress=False)
+    assert np.isfinite(rep["history"][-1]["loss"])
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_every_fusion_variant_learns_the_training_pairs(fusion, base, pairs):
+    cfg = RMConfig(fusion=fusion, lora_r=4, epochs=10, batch_size=8, lr=5e-3, warmup=2, seed=0)
+    rm = build_reward_model(base, cfg)
+    proc, data = _data(base, pairs[:8])
+    feats = _feats(rm, proc, data)
+    with torch.no_grad(): before = pair_loss(rm.eval(), data, feats, list(range(8)), cfg).item()
+    fit(rm, data, cfg, progress=False)
+    with torch.no_grad(): after = pair_loss(rm.eval(), data, feats, list(range(8)), cfg).item()
+    assert after < before, (fusion, before, after)
+
+
+def test_gradient_accumulation_and_checkpointing_train_the_same_weights(base, pairs):
+    def run(**kw):
+        cfg = RMConfig(lora_r=4, epochs=1, batch_size=8, lr=5e-3, warmup=1, **kw)
+        rm = build_reward_model(base, cfg); fit(rm, _data(base, pairs[:16])[1], cfg, progress=False)
+        return {n: p.detach() for n, p in trainable(rm).items()}
+    ref, acc, ckpt = run(), run(grad_accum=2), run(grad_ckpt=True)
+    for n in ref:
+        torch.testing.assert_close(acc[n], ref[n], rtol=1e-3, atol=2e-5)  # summation order differs; Adam amplifies it
+        torch.testing.assert_close(ckpt[n], ref[n], rtol=1e-3, atol=2e-5)
+
+
+SCORE = """
+import sys, json, numpy as np
+from dt2it_mrm.reward_model import load_reward_model, PairData, features_by_key, rewards, BLANK, blank_tensors
+from dt2it_mrm.vlm import load_processor
+path, data, out = sys.argv[1:]
+rm = load_reward_model(path); proc = load_processor(rm.base_path)
+d = PairData(proc, [json.loads(l) for l in open(data)][:10], rm.cfg.blank_image)
+np.save(out, rewards(rm, d, features_by_key(rm, d, {BLANK: blank_tensors(proc, 84)})))
+"""
+
+
+def test_a_fresh_process_reloads_the_model_and_reproduces_the_scores_exactly(base, world, pairs, tmp_path):
+    cfg = RMConfig(lora_r=4, epochs=2, batch_size=4, lr=5e-3, warmup=1, fusion="late")
+    rm, _ = train_reward_model(pairs[:8], base, cfg, out_dir=tmp_path / "rm", progress=False)
+    files = {p.name for p in (tmp_path / "rm").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "heads.safetensors", "reward_model.json"} <= files
+    meta = json.loads((tmp_path / "rm" / "reward_model.json").read_text())
+    assert meta["base"] == str(base) and meta["config"]["fusion"] == "late"
+    proc, data = _data(base, pairs[:10])
+    here = rewards(rm, data, _feats(rm, proc, data))
+    run_py(SCORE, tmp_path / "rm", world / "train_oracle.jsonl", tmp_path / "s.npy")
+    there = np.load(tmp_path / "s.npy")
+    assert np.array_equal(here, there) and np.unique(here).size > 1
+
+
+def test_reloading_refuses_a_different_base(base, tokenizer, pairs, tmp_path):
+    rm, _ = train_reward_model(pairs[:4], base, RMConfig(lora_r=4, epochs=1, batch_size=4), out_dir=tmp_path / "rm", progress=False)
+    other = make_base(tokenizer, "llava", tmp_path / "other", hidden=64)
+    with pytest.raises(ValueError, match="fingerprint"): load_reward_model(tmp_path / "rm", base=other)
+
+
+def test_an_ensemble_is_trained_in_one_call_and_saved_side_by_side(base, pairs, tmp_path):
+    paths, reps = train_ensemble(pairs[:8], base, RMConfig(lora_r=4, epochs=1, batch_size=4), k=3, out_dir=tmp_path / "ens", progress=False)
+    assert [p.name for p in paths] == ["member_0", "member_1", "member_2"] and member_paths(tmp_path / "ens") == paths
+    seeds = [json.loads((p / "reward_model.json").read_text())["config"]["seed"] for p in paths]
+    assert seeds == [0, 1, 2]
+    proc, data = _data(base, pairs[8:14])
+    scores = [rewards(m, data, _feats(m, proc, data)) for m in map(load_reward_model, paths)]
+    assert not np.allclose(scores[0], scores[1])
+
+
+ACCEL = """
+import sys, json, torch
+from accelerate import Accelerator
+from safetensors.torch import save_file
+from dt2it_mrm.reward_model import RMConfig, train_reward_model, trainable
+base, data, out = sys.argv[1:]
+cfg = RMConfig(lora_r=4, epochs=1, batch_size=8, grad_accum=2, lr=5e-3, warmup=1, seed=0)
+acc = Accelerator(cpu=True, gradient_accumulation_steps=cfg.grad_accum)
+rm, rep = train_reward_model([json.loads(l) for l in open(data)][:16], base, cfg, accelerator=acc, progress=False)
+assert rep["processes"] == acc.num_processes
+if acc.is_main_process: save_file({n: p.detach().contiguous() for n, p in trainable(rm).items()}, out)
+"""
+
+
+def test_accelerate_launch_with_two_processes_trains_the_same_model(base, world, tmp_path):
+    from safetensors.torch import load_file
+    script = tmp_path / "train.py"; script.write_text(ACCEL)
+    data = world / "train_oracle.jsonl"
+    run_py(ACCEL, base, data, tmp_path / "one.safetensors")
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(base), str(data), str(tmp_path / "two.safetensors")]
+    r = subprocess.run(launch, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**_env(), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    assert one.keys() == two.keys() and any("lora_B" in k for k in one)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,113 @@
+"""Scoring: the Scorer protocol (blanked images), batched = one-at-a-time, image work done once per image, ensembles,
+and a scoring run killed mid-way that a rerun completes into exactly the uninterrupted output."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from rm_fixtures import ROOT, _env, base, pairs, read_jsonl, tokenizer, world  # noqa: F401
+from dt2it_mrm.reward_model import RMConfig, pair_items, train_ensemble, train_reward_model
+from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, naive_scores, read_scored, read_scores, score_to_jsonl
+
+
+@pytest.fixture(scope="module")
+def rm_path(base, pairs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    train_reward_model(pairs[:8], base, RMConfig(lora_r=4, epochs=3, batch_size=4, lr=5e-3, warmup=1), out_dir=out, progress=False)
+    return out
+
+
+def test_scorer_protocol_blank_images_and_order(rm_path, pairs):
+    sc = RewardScorer.load(rm_path, batch_size=5)
+    items = pair_items(pairs[:6])
+    s = sc(items)
+    assert isinstance(s, np.ndarray) and s.shape == (12,) and s.dtype == float and np.unique(s).size > 6
+    assert np.array_equal(sc(items[::-1]), s[::-1])
+    blanked = [{**it, "image": None} for it in items]
+    b = sc(blanked)
+    assert not np.allclose(b, s)  # the blanked view is a different input
+    same = sc([{**items[0], "image": None}, {**items[1], "image": None}])
+    assert np.array_equal(same, b[:2]) or np.allclose(same, b[:2], atol=1e-6)  # every None is the same grey image
+    assert sc([]).shape == (0,)
+
+
+def test_batched_scores_match_the_one_at_a_time_loop(rm_path, pairs):
+    sc = RewardScorer.load(rm_path, batch_size=8)
+    items = pair_items(pairs[:10]) + [{**pair_items(pairs[:1])[0], "image": None}]
+    np.testing.assert_allclose(sc(items), naive_scores(sc.models[0], items), atol=1e-5)
+
+
+def test_vision_work_is_done_once_per_distinct_image(rm_path, pairs, monkeypatch):
+    sc = RewardScorer.load(rm_path, batch_size=4)
+    calls = []
+    vlm = sc.models[0].vlm.get_base_model().model
+    orig = vlm.get_image_features
+    monkeypatch.setattr(vlm, "get_image_features", lambda pixel_values, **kw: calls.append(len(pixel_values)) or orig(pixel_values, **kw))
+    items = pair_items(pairs[:5])  # 10 answers about 5 images
+    sc(items); sc(items[:4])
+    assert sum(calls) == 5 + 1  # five images and the blank one, once each, across both calls
+
+
+def test_an_ensemble_scores_the_mean_of_its_members(base, pairs, tmp_path):
+    train_ensemble(pairs[:8], base, RMConfig(lora_r=4, epochs=2, batch_size=4, lr=5e-3), k=2, out_dir=tmp_path / "ens", progress=False)
+    ens = RewardScorer.load(tmp_path / "ens")
+    items = pair_items(pairs[:4])
+    per = ens.member_scores(items)
+    assert per.shape == (2, 8) and not np.allclose(per[0], per[1])
+    np.testing.assert_allclose(ens(items), per.mean(0))
+    np.testing.assert_allclose(per[1], RewardScorer.load(tmp_path / "ens" / "member_1")(items), atol=1e-6)
+    members = load_ensemble(tmp_path / "ens")  # one scorer per member, one shared image-feature cache
+    assert len(members) == 2 and members[0]._feats is members[1]._feats
+    np.testing.assert_allclose(np.stack([m(items) for m in members]), per, atol=1e-6)
+
+
+RUN = """
+import sys, json, time
+from dt2it_mrm.reward_model import pair_items
+from dt2it_mrm.score import RewardScorer, score_to_jsonl
+rm, data, out, slow = sys.argv[1:]
+recs = [json.loads(l) for l in open(data)]
+sc = RewardScorer.load(rm, batch_size=4)
+def scorer(items):
+    s = sc(items); time.sleep(float(slow)); return s
+print(json.dumps(score_to_jsonl(pair_items(recs), out, scorer, chunk=6, progress=False)))
+"""
+
+
+def _run(*args):
+    return subprocess.Popen([sys.executable, "-c", RUN, *map(str, args)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_scoring_killed_mid_run_resumes_to_the_uninterrupted_output(rm_path, world, tmp_path):
+    data = world / "train_oracle.jsonl"
+    n = 2 * len(read_jsonl(data))
+    ref, out = tmp_path / "ref.jsonl", tmp_path / "out.jsonl"
+    p = _run(rm_path, data, ref, 0); assert p.wait(timeout=300) == 0, p.stderr.read()
+    p = _run(rm_path, data, out, 0.5)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 12): time.sleep(0.05)
+    p.send_signal(signal.SIGKILL); p.wait()
+    part = out.read_bytes()
+    assert 12 <= part.count(b"\n") < n  # killed mid-run
+    with open(out, "ab") as f: f.write(b'{"image_path": "data/world/ima')  # and as if mid-write
+    p = _run(rm_path, data, out, 0); assert p.wait(timeout=300) == 0, p.stderr.read()
+    rep = json.loads(p.stdout.read().strip().splitlines()[-1])
+    assert out.read_bytes() == ref.read_bytes()  # identical to the uninterrupted run
+    assert rep["scored"] == n - part.count(b"\n") and rep["skipped"] == part.count(b"\n")  # nothing scored twice
+    rows = read_jsonl(out)
+    assert len(rows) == n and len({item_key({"image": r["image_path"], "question": r["question"], "answer": r["answer"]}) for r in rows}) == n
+    assert set(rows[0]) == {"image_path", "question", "answer", "score"}
+
+
+def test_torn_lines_are_repaired_and_garbage_is_refused(tmp_path):
+    f = tmp_path / "s.jsonl"
+    f.write_text(json.dumps({"image_path": "a.png", "question": "q", "answer": "x", "score": 1.5}) + "\n" + '{"image_pa')
+    assert read_scored(f) == {item_key({"image": "a.png", "question": "q", "answer": "x"}): 1.5}
+    assert f.read_text().endswith("}\n")
+    f.write_text("not json\n")
+    with pytest.raises(ValueError, match=r"s.jsonl:1"): read_scored(f)

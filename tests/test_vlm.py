@@ -1,0 +1,81 @@
+"""The base VLM layer: tokenizer, four families, processor-equivalent encoding, shared image features, quantised
+loading, and a pre-trained base that `from_pretrained` reads in a fresh process."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rm_fixtures import TINY, base, make_base, pairs, read_jsonl, run_py, tokenizer, world  # noqa: F401
+from dt2it_mrm.vlm import (FAMILIES, PretrainConfig, SPECIAL_TOKENS, build_base, chat_text, collate, encode, family_of,
+                           image_features, load_base, load_processor, pretrain, quantized_modules, save_base, with_features)
+from dt2it_mrm.data import load_image
+
+
+def test_tokenizer_is_trained_on_the_world_and_keeps_special_tokens(tokenizer, world):
+    text = read_jsonl(world / "test_iid.jsonl")[0]["chosen"]
+    ids = tokenizer(text).input_ids
+    assert tokenizer.decode(ids) == text
+    assert len(ids) < len(text) / 2.5  # merges learnt from the world's text, not bytes
+    assert all(len(tokenizer(t).input_ids) == 1 for t in SPECIAL_TOKENS)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_builds_saves_reloads_and_encodes_like_its_processor(family, tokenizer, pairs, tmp_path):
+    path = make_base(tokenizer, family, tmp_path / family)
+    assert family_of(path) is FAMILIES[family]
+    proc = load_processor(path)
+    r = pairs[0]; im = load_image(r["images"][0])
+    t, i = encode(proc, im, r["question"], r["chosen"])
+    ref = proc(text=[chat_text(proc, r["question"], r["chosen"])], images=[im], return_tensors="pt")
+    assert all(t[k].equal(ref[k][0]) for k in t) and all(i[k].equal(ref[k]) for k in i)
+    n_img = int((t["input_ids"] == proc.image_token_id).sum())
+    assert n_img == (10 if family == "llava" else 9)  # one token per 28-px grid cell (+ CLS for LLaVA)
+    m = load_base(path, "none")
+    b = collate([t], [i], proc.tokenizer.pad_token_id)
+    with torch.no_grad():
+        ref_logits = m(**b).logits
+        shared = m(**with_features(b, image_features(m, [i]))).logits  # image features computed apart, handed in
+    assert ref_logits.shape == (1, len(t["input_ids"]), len(tokenizer))
+    assert torch.allclose(ref_logits, shared, atol=1e-5)
+
+
+@pytest.mark.parametrize("quant", ["4bit", "8bit"])
+def test_quantisation_keeps_the_vision_side_and_head_unquantised(base, quant):
+    m = load_base(base, quant)
+    q = quantized_modules(m)
+    n_linear = sum(1 for n, x in m.named_modules() if type(x).__name__ == "Linear" and "language_model" in n)
+    assert q and all(n.startswith("model.language_model.layers.") for n in q) and n_linear == 0
+    assert all(not p.requires_grad for p in m.parameters())
+
+
+def test_unknown_folders_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"): family_of(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="not supported"): family_of(tmp_path)
+
+
+def test_pretraining_learns_and_saves_a_checkpoint_a_fresh_process_loads(tokenizer, world, tmp_path):
+    m, proc = build_base("llava", tokenizer, seed=0, **TINY)
+    recs = read_jsonl(world / "pretrain.jsonl")
+    rep = pretrain(m, proc, recs, PretrainConfig(epochs=6, batch_size=4, lr=3e-3, val_images=2, eval_every=5), progress=False)
+    h = rep["history"]
+    assert h[-1]["val_loss"] < h[0]["val_loss"] and rep["val_records"] > 0
+    path = save_base(m, proc, tmp_path / "base")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= {p.name for p in path.iterdir()}
+    r = read_jsonl(world / "test_iid.jsonl")[0]
+    t, i = encode(proc, load_image(r["images"][0]), r["question"], r["chosen"])
+    with torch.no_grad(): ref = m(**collate([t], [i], tokenizer.pad_token_id)).logits[0].numpy()
+    out = tmp_path / "logits.npy"
+    run_py("""
+import sys, numpy as np, torch
+from transformers import LlavaForConditionalGeneration, LlavaProcessor
+from PIL import Image
+path, img, q, a, out = sys.argv[1:]
+m = LlavaForConditionalGeneration.from_pretrained(path).eval(); p = LlavaProcessor.from_pretrained(path)
+text = p.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]},
+                              {"role": "assistant", "content": [{"type": "text", "text": a}]}], tokenize=False)
+with torch.no_grad(): lg = m(**p(text=[text], images=[Image.open(img).convert("RGB")], return_tensors="pt")).logits[0]
+np.save(out, lg.numpy())
+""", path, r["images"][0], r["question"], r["chosen"], out)
+    np.testing.assert_allclose(np.load(out), ref, atol=1e-5)

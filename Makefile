@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 
-.PHONY: setup study test test-fast nbs-sync clean-venv
+.PHONY: setup study test test-fast nbs-sync clean-venv readme
 
 $(STAMP): requirements.txt constraints.txt setup.py settings.ini
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ study: setup
 test: setup
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/python -m pytest -q -n 2 tests
+
+## readme: copy the claims and arms tables of reports/results.md into the README's results block
+readme:
+	$(BIN)/python -c "from dt2it_mrm.report import update_readme; update_readme('README.md', 'reports/results.md')"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['SET_METRICS', 'ITER_PREFIX', 'CURATION_COLUMNS', 'iteration_arms', 'main_arms', 'arm_table', 'gap_closed', 'claims',
-           'seed_table', 'claims_markdown', 'table_markdown', 'curation_table', 'results_markdown', 'plot_iterations',
-           'plot_groups']
+__all__ = ['SET_METRICS', 'ITER_PREFIX', 'ABLATION_PREFIXES', 'CURATION_COLUMNS', 'HEADLINE', 'README_MARKERS', 'iteration_arms',
+           'main_arms', 'arm_table', 'gap_closed', 'claims', 'seed_table', 'ablation_table', 'claims_markdown',
+           'table_markdown', 'curation_table', 'headline_table', 'results_markdown', 'plot_iterations', 'plot_groups',
+           'update_readme']
 
 # %% ../nbs/09_report.ipynb #664f38c7
 SET_METRICS = ("accuracy", "worst_group", "fairness_gap", "macro_task_accuracy", "image_reliance", "ece", "length_spearman")
@@ -97,10 +98,10 @@ def claims(study: dict,
 def seed_table(study: dict,
                metrics: Sequence[tuple[str, str]] = (("test_iid", "accuracy"), ("test_shift", "accuracy"), ("test_hard", "accuracy"), ("test_iid", "fairness_gap")),
               ) -> pd.DataFrame:
-    "Mean ± sd over the seeds of every arm that has replicates (`arm` and `arm@seedK`)."
+    "Mean ± sd over the seed replicates `arm@seedK` of every arm that has them."
     rows = {}
     for base in sorted({a.split("@")[0] for a in study["arms"] if "@" in a}):
-        runs = [m for a, m in study["arms"].items() if a.split("@")[0] == base]
+        runs = [m for a, m in study["arms"].items() if a.startswith(base + "@")]
         row = {}
         for s, k in metrics:
             v = np.array([m["sets"][s][k] for m in runs], float)
@@ -108,6 +109,22 @@ def seed_table(study: dict,
         row[("", "", "n_seeds")] = len(runs); rows[base] = row
     df = pd.DataFrame.from_dict(rows, orient="index")
     if len(df): df.columns = pd.MultiIndex.from_tuples(df.columns)
+    return df
+
+ABLATION_PREFIXES = ("labels_only", "without_")
+
+def ablation_table(study: dict, reference: str = "debiased",
+                   metrics: Sequence[tuple[str, str]] = (("test_iid", "accuracy"), ("test_shift", "accuracy"), ("test_hard", "accuracy"),
+                                                         ("test_iid", "worst_group"), ("test_iid", "fairness_gap")),
+                  ) -> pd.DataFrame:
+    "The ablation arms (`labels_only`, `without_<strategy>`) and `reference`: each metric and its difference from `reference`."
+    arms = study["arms"]
+    names = [a for a in arms if "@" not in a and a.startswith(ABLATION_PREFIXES)]
+    if reference not in arms or not names: return pd.DataFrame()
+    val = lambda a, s, k: arms[a]["sets"][s][k] if s in arms[a]["sets"] else math.nan
+    rows = {a: {**{(s, k): val(a, s, k) for s, k in metrics}, **{(s, k + " Δ"): val(a, s, k) - val(reference, s, k) for s, k in metrics}}
+            for a in [reference, *sorted(names)]}
+    df = pd.DataFrame.from_dict(rows, orient="index"); df.columns = pd.MultiIndex.from_tuples(df.columns)
     return df
 
 # %% ../nbs/09_report.ipynb #2844cfd8
@@ -160,14 +177,24 @@ def curation_table(curation: dict) -> pd.DataFrame:
     "One row per iteration: the counts of every loop step and their precision against gold."
     return pd.DataFrame.from_dict({it: {c: _get(log, p) for c, p in CURATION_COLUMNS.items()} for it, log in curation.items()}, orient="index")
 
+HEADLINE = (("test_iid", "accuracy"), ("test_shift", "accuracy"), ("test_hard", "accuracy"), ("test_iid", "worst_group"),
+            ("test_iid", "fairness_gap"), ("test_iid", "image_reliance"), ("test_expert", "kendall_tau"))
+
+def headline_table(table: pd.DataFrame, columns: Sequence[tuple[str, str]] = HEADLINE) -> pd.DataFrame:
+    "The few columns of an `arm_table` the README shows."
+    return table[[c for c in columns if c in table.columns]]
+
 def results_markdown(study: dict, c: dict, table: pd.DataFrame, seeds: pd.DataFrame | None = None,
-                     figures_dir: str | Path = "figures") -> str:
+                     figures_dir: str | Path = "figures",
+                     ablation: pd.DataFrame | None = None, # from `ablation_table`
+                    ) -> str:
     "The whole results page: claims, arms, seeds, construction, curation, bias audit, figures."
     md = ["# Results of the default study", "",
           "Every number below is computed by the `report` stage from `reports/metrics/` (`dvc repro` regenerates it). "
           "Accuracy counts ties as wrong. `oracle` trains on gold labels and balanced data (the upper bound), `baseline` on raw labels "
           "and the raw distribution, `debiased` on the constructed set (no iterations), `iterN` after N rounds of curation.", "",
-          "## The brief's claims", "", claims_markdown(c), "## Arms × metrics", "", table_markdown(table)]
+          "## The brief's claims", "", claims_markdown(c), "## Headline", "", table_markdown(headline_table(table)),
+          "## Arms × metrics", "", table_markdown(table)]
     if seeds is not None and len(seeds):
         ms = [(s, k) for s, k, stat in seeds.columns if stat == "mean"]
         md += ["", "## Robustness over seeds (mean ± sd)", "", "| arm | " + " | ".join(f"{s} {k}" for s, k in ms) + " | seeds |",
@@ -175,6 +202,10 @@ def results_markdown(study: dict, c: dict, table: pd.DataFrame, seeds: pd.DataFr
         for a, row in seeds.iterrows():
             cells = [f"{row[(s, k, 'mean')]:.3f} ± {row[(s, k, 'sd')]:.3f}" for s, k in ms]
             md.append(f"| {a} | " + " | ".join(cells) + f" | {int(row[('', '', 'n_seeds')])} |")
+    if ablation is not None and len(ablation):
+        md += ["", "## Ablation of the resampling strategies", "",
+               "`labels_only`: the constructed labels with no weights; `without_<strategy>`: every strategy but one. "
+               "Δ is the difference from `debiased`: a negative accuracy Δ or a positive fairness-gap Δ is what dropping the strategy costs.", "", table_markdown(ablation)]
     if study.get("construct"):
         k = study["construct"]; la = k.get("label_accuracy", {}); w = k.get("weights", {}); rw = k.get("raw_weights", {})
         md += ["", "## Debiased construction", "",
@@ -224,3 +255,21 @@ def plot_groups(study: dict, test_set: str = "test_iid", path: str | Path | None
     fig.tight_layout()
     if path: fig.savefig(path, dpi=110)
     return fig
+
+# %% ../nbs/09_report.ipynb #rd1a7e02
+README_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+
+def _section(md: str, heading: str) -> str:
+    if heading not in md: raise ValueError(f"results page has no section {heading!r}")
+    return md.split(heading, 1)[1].split("\n## ", 1)[0].strip()
+
+def update_readme(readme: str | Path, results_md: str | Path,
+                  sections: Sequence[str] = ("The brief's claims", "Headline")) -> str:
+    "Replace the block between README_MARKERS in `readme` with `sections` of `results_md`; returns the block."
+    text, md = Path(readme).read_text(encoding="utf-8"), Path(results_md).read_text(encoding="utf-8")
+    start, end = README_MARKERS
+    if start not in text or end not in text: raise ValueError(f"{readme}: no {start} ... {end} block")
+    block = "\n\n".join(f"### {s}\n\n" + _section(md, f"## {s}") for s in sections)
+    head, rest = text.split(start, 1)
+    Path(readme).write_text(head + start + "\n" + block + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
+    return block

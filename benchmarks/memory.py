@@ -2,11 +2,14 @@
 100M parameters. Writes reports/bench/memory.json.
 
 Method: each mode runs in its own fresh subprocess (so neither sees the other's allocations). The worker imports
-everything, records its resident set size (RSS), loads the base and builds the reward model, encodes a batch, then
-resets the kernel's peak-RSS counter (`echo 5 > /proc/self/clear_refs` resets VmHWM) and runs one full training step
-(forward, backward, AdamW step) and reads the peak RSS of that step (VmHWM). CPU tensors live in process memory, so
-RSS is what the step costs; there is no allocator to ask on CPU. Reported: the step's peak RSS, and the same minus the
-RSS after imports (what the model and the step add to an idle Python with torch/transformers loaded).
+everything, builds the reward model and copies every weight out of the checkpoint's memory map (transformers may leave
+fp32 weights as lazily read file pages, which would hide them from the process's anonymous memory), frees what loading
+left behind (`malloc_trim`), and runs one full training step (forward, backward, AdamW step) while a thread samples
+the process's anonymous resident memory (`RssAnon`) every millisecond. CPU tensors live in that memory; there is no
+allocator to ask on CPU, so the workers run with glibc returning freed blocks at once (`MALLOC_MMAP_THRESHOLD_`,
+`MALLOC_TRIM_THRESHOLD_`): resident memory then follows the live tensors, not the heap's high-water mark. Reported: the step's peak, and the same minus the memory after imports (what the model and
+the step add to an idle Python with torch/transformers loaded). Both modes checkpoint activations by default, so the
+weights, not the activations of a long batch, decide the comparison; `--no_grad_ckpt` shows the other case.
 
     .venv/bin/python benchmarks/memory.py [--hidden 1024 --layers 16] [--family qwen3_vl]
 """
@@ -22,28 +25,34 @@ def rss_kb(field: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def worker(mode: str, base: str, data: str, n_pairs: int):
+def worker(mode: str, base: str, data: str, n_pairs: int, grad_ckpt: bool):
+    import ctypes, gc, threading
     import torch
     from dt2it_mrm.reward_model import BLANK, PairData, RMConfig, blank_tensors, build_reward_model, features_by_key, pair_loss
     from dt2it_mrm.vlm import load_processor, quantized_modules
     torch.set_num_threads(2)
-    rss_import = rss_kb()
-    cfg = RMConfig(quant=mode, lora_r=16, lora_alpha=16, batch_size=n_pairs)
+    rss_import = rss_kb("RssAnon")
+    cfg = RMConfig(quant=mode, lora_r=16, lora_alpha=16, batch_size=n_pairs, grad_ckpt=grad_ckpt)
     rm = build_reward_model(base, cfg); proc = load_processor(base)
+    with torch.no_grad():
+        for t in [*rm.parameters(), *rm.buffers()]:
+            if t.dtype.is_floating_point: t.data = t.data.clone()  # out of the file mapping, into process memory
     recs = [json.loads(l) for l in Path(data).read_text().splitlines()][:n_pairs]
     d = PairData(proc, recs); feats = features_by_key(rm, d, {BLANK: blank_tensors(proc, 84)})
     params = [p for p in rm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    rss_loaded, load_peak = rss_kb(), rss_kb("VmHWM")
-    Path("/proc/self/clear_refs").write_text("5")
-    t0 = time.perf_counter()
+    gc.collect(); ctypes.CDLL("libc.so.6").malloc_trim(0)
+    rss_loaded = rss_kb("RssAnon"); peak = [rss_loaded]; done = threading.Event()
+    def sample():
+        while not done.is_set(): peak[0] = max(peak[0], rss_kb("RssAnon")); time.sleep(0.001)
+    th = threading.Thread(target=sample); th.start(); t0 = time.perf_counter()
     rm.train(); loss = pair_loss(rm, d, feats, list(range(n_pairs)), cfg); loss.backward(); opt.step(); opt.zero_grad()
-    step_s = time.perf_counter() - t0
-    out = {"mode": mode, "rss_after_imports_mb": rss_import / 1024, "rss_loaded_mb": rss_loaded / 1024,
-           "load_peak_mb": load_peak / 1024, "step_peak_mb": rss_kb("VmHWM") / 1024, "step_s": step_s, "loss": loss.item(),
+    step_s = time.perf_counter() - t0; done.set(); th.join(); peak[0] = max(peak[0], rss_kb("RssAnon"))
+    out = {"mode": mode, "anon_after_imports_mb": rss_import / 1024, "anon_loaded_mb": rss_loaded / 1024,
+           "step_peak_mb": peak[0] / 1024, "step_s": step_s, "loss": loss.item(),
            "base_parameters": sum(p.numel() for n, p in rm.named_parameters() if "lora_" not in n and not n.startswith("head")),
            "trainable_parameters": sum(p.numel() for p in params), "quantized_layers": len(quantized_modules(rm))}
-    out["step_peak_minus_imports_mb"] = out["step_peak_mb"] - out["rss_after_imports_mb"]
+    out["step_peak_minus_imports_mb"] = out["step_peak_mb"] - out["anon_after_imports_mb"]
     print("RESULT " + json.dumps(out))
 
 
@@ -59,31 +68,33 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", default="qwen3_vl"); ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=16); ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--pairs", type=int, default=4); ap.add_argument("--data", default="data/world/train_oracle.jsonl")
+    ap.add_argument("--pairs", type=int, default=1)
+    ap.add_argument("--no_grad_ckpt", action="store_true", help="keep activations (by default both modes checkpoint them)"); ap.add_argument("--data", default="data/world/train_oracle.jsonl")
     ap.add_argument("--out", default="reports/bench/memory.json")
     ap.add_argument("--worker", nargs=2, metavar=("MODE", "BASE"))
     a = ap.parse_args()
-    if a.worker: return worker(a.worker[0], a.worker[1], a.data, a.pairs)
+    if a.worker: return worker(a.worker[0], a.worker[1], a.data, a.pairs, not a.no_grad_ckpt)
     from dt2it_mrm.core import OFFLINE_ENV, write_json
-    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT)}
+    # large blocks straight from mmap and back to the kernel when freed: resident memory then tracks live tensors
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     with tempfile.TemporaryDirectory() as tmp:
         n = build(Path(tmp) / "base", a.family, a.hidden, a.layers, a.heads)
         assert n >= 100_000_000, f"config has only {n:,} parameters"
         res = {}
         for mode in ("4bit", "none"):
-            r = subprocess.run([sys.executable, __file__, "--worker", mode, str(Path(tmp) / "base"), "--data", a.data, "--pairs", str(a.pairs)],
+            r = subprocess.run([sys.executable, __file__, "--worker", mode, str(Path(tmp) / "base"), "--data", a.data, "--pairs", str(a.pairs)] + (["--no_grad_ckpt"] if a.no_grad_ckpt else []),
                                capture_output=True, text=True, cwd=ROOT, env=env)
             line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
             assert r.returncode == 0 and line, r.stdout[-2000:] + r.stderr[-3000:]
             res[mode] = json.loads(line[-1][7:])
     q, f = res["4bit"], res["none"]
     out = {"family": a.family, "parameters": n, "config": {"hidden": a.hidden, "layers": a.layers, "heads": a.heads},
-           "pairs_per_step": a.pairs, "qlora_4bit": q, "lora_fp32": f,
+           "pairs_per_step": a.pairs, "grad_ckpt": not a.no_grad_ckpt, "qlora_4bit": q, "lora_fp32": f,
            "ratio_step_peak": q["step_peak_mb"] / f["step_peak_mb"],
            "ratio_step_peak_minus_imports": q["step_peak_minus_imports_mb"] / f["step_peak_minus_imports_mb"],
-           "method": "each mode in a fresh subprocess; peak RSS (VmHWM) of one training step after resetting it via "
-                     "/proc/self/clear_refs; 'minus imports' subtracts the RSS of the process after importing torch, "
-                     "transformers, peft and bitsandbytes, before the model is loaded"}
+           "method": "each mode in a fresh subprocess; weights copied out of the checkpoint's memory map; peak anonymous "
+                     "resident memory (RssAnon, sampled every ms) of one training step; 'minus imports' subtracts it after "
+                     "importing torch, transformers, peft and bitsandbytes, before the model is loaded"}
     write_json(a.out, out); print(json.dumps(out, indent=1))
 
 

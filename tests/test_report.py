@@ -43,7 +43,7 @@ def test_gap_closed_and_tables():
 
 def test_seed_table_mean_and_sd():
     s = study(0.9, 0.05, 0.48)
-    s["arms"]["iter2@seed1"] = arm(0.88, 0.05, 0.48); s["arms"]["iter2@seed2"] = arm(0.92, 0.05, 0.48)
-    t = seed_table(s)
-    assert list(t.index) == ["iter2"] and math.isclose(t.loc["iter2", ("test_iid", "accuracy", "mean")], 0.9)
+    s["arms"] |= {"iter2@seed0": arm(0.86, 0.05, 0.48), "iter2@seed1": arm(0.88, 0.05, 0.48), "iter2@seed2": arm(0.90, 0.05, 0.48)}
+    t = seed_table(s)  # the replicates only: the plain `iter2` (0.9, the ensemble's number) is not a seed
+    assert list(t.index) == ["iter2"] and math.isclose(t.loc["iter2", ("test_iid", "accuracy", "mean")], 0.88)
     assert math.isclose(t.loc["iter2", ("test_iid", "accuracy", "sd")], 0.02) and t.loc["iter2", ("", "", "n_seeds")] == 3

@@ -14,7 +14,7 @@ import yaml
 # %% auto #0
 __all__ = ['ROOT_MARKERS', 'OFFLINE_ENV', 'project_root', 'stable_hash', 'rng', 'seed_everything', 'atomic_write', 'to_jsonable',
            'write_json', 'read_json', 'write_jsonl', 'load_params', 'get_param', 'stage_params', 'set_offline',
-           'run_stage', 'main']
+           'scrub_paths', 'run_stage', 'main']
 
 # %% ../nbs/00_core.ipynb #09011fd1
 ROOT_MARKERS = ("params.yaml", "settings.ini")
@@ -134,6 +134,15 @@ def set_offline():
     "Make every Hugging Face and DVC component stay off the network in this process and its children."
     os.environ.update(OFFLINE_ENV)
 
+def scrub_paths(path: str | Path, # a JSON file (an executed notebook)
+                root: str | Path, # the project root: its absolute path becomes relative
+               ) -> Path:
+    "Rewrite `path` so no absolute path of this machine's project root is left in it."
+    path, root = Path(path), str(Path(root).resolve())
+    text = path.read_text(encoding="utf-8")
+    if root in text: atomic_write(path, text.replace(root + "/", "").replace(root, "."))
+    return path
+
 def run_stage(stage: str,                  # stage name in dvc.yaml, e.g. `generate` or `train@1`
               notebook: str | Path | None = None, # default: nbs/stages/<stage without @...>.ipynb
               output: str | Path | None = None,   # default: reports/stages/<stage with @ as _>.ipynb
@@ -158,7 +167,7 @@ def run_stage(stage: str,                  # stage name in dvc.yaml, e.g. `gener
     set_offline(); out.parent.mkdir(parents=True, exist_ok=True)
     os.environ.pop("MPLBACKEND", None)  # a forced non-GUI backend would keep figures out of the executed notebook
     pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel, cwd=str(root), log_output=False)
-    return out
+    return scrub_paths(out, root)  # papermill records absolute paths; the executed copy is committed
 
 def _yaml_value(s: str) -> Any: return yaml.safe_load(s)
 

@@ -54,17 +54,28 @@ def _fresh_copy(root: Path, dest: Path) -> Path:
     return dest
 
 
-def test_pipeline_in_a_fresh_copy_reruns_only_what_changed(root, tmp_path):
+def _tiny_copy(root: Path, tmp_path: Path, timeout: int, judge_probe: int, **world):
+    "A fresh copy on a tiny world: its folder, its params, `run(*dvc_args)` and `ran(result)` (the stages a run ran)."
     bench = root.parent / "shared" / "benchmarks"
     if not (bench / "vl_rewardbench.jsonl").exists(): pytest.skip(f"no benchmark text at {bench}")
     d = _fresh_copy(root, tmp_path / "repo")
     params = yaml.safe_load((d / "params.yaml").read_text())
-    params["generate"]["world"].update(n_train=300, n_test=40, n_expert=4, n_pretrain=10)
-    params["bias_audit"].update(folds=2, judge_probe=100, benchmarks={k: str(bench / Path(v).name) for k, v in params["bias_audit"]["benchmarks"].items()})
-    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params["generate"]["world"].update(world)
+    params["bias_audit"].update(folds=2, judge_probe=judge_probe,
+                                benchmarks={k: str(bench / Path(v).name) for k, v in params["bias_audit"]["benchmarks"].items()})
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    run = lambda *a: subprocess.run([str(BIN / "dvc"), *a], cwd=d, env=env, capture_output=True, text=True, timeout=600)
-    ran = lambda r: {s for s in ("generate", "bias_audit", "construct") if f"Running stage '{s}'" in r.stdout}
+    run = lambda *a: subprocess.run([str(BIN / "dvc"), *a], cwd=d, env=env, capture_output=True, text=True, timeout=timeout)
+    ran = lambda r: {line.split("'")[1] for line in r.stdout.splitlines() if line.startswith("Running stage '")}
+    return d, params, run, ran
+
+
+def _write(d: Path, params: dict):
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_pipeline_in_a_fresh_copy_reruns_only_what_changed(root, tmp_path):
+    d, params, run, ran = _tiny_copy(root, tmp_path, 600, 100, n_train=300, n_test=40, n_expert=4, n_pretrain=10)
+    _write(d, params)
     r = run("repro", "construct")
     assert r.returncode == 0, r.stdout + r.stderr
     assert ran(r) == {"generate", "bias_audit", "construct"}
@@ -74,7 +85,7 @@ def test_pipeline_in_a_fresh_copy_reruns_only_what_changed(root, tmp_path):
     again = run("repro", "construct")
     assert again.returncode == 0 and ran(again) == set()  # nothing changed: nothing runs
     params["construct"]["ds_confidence"] = 0.9
-    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _write(d, params)
     changed = run("repro", "construct")
     assert changed.returncode == 0 and ran(changed) == {"construct"}  # only the stage whose params changed
 
@@ -83,12 +94,7 @@ STUDY = ("generate", "bias_audit", "construct", "pretrain_base", "train", "curat
 
 
 def test_the_whole_study_runs_on_a_tiny_world_and_a_loop_param_reruns_only_what_follows(root, tmp_path):
-    bench = root.parent / "shared" / "benchmarks"
-    if not (bench / "vl_rewardbench.jsonl").exists(): pytest.skip(f"no benchmark text at {bench}")
-    d = _fresh_copy(root, tmp_path / "repo")
-    params = yaml.safe_load((d / "params.yaml").read_text())
-    params["generate"]["world"].update(n_train=120, n_test=24, n_expert=4, n_pretrain=40)
-    params["bias_audit"].update(folds=2, judge_probe=60, benchmarks={k: str(bench / Path(v).name) for k, v in params["bias_audit"]["benchmarks"].items()})
+    d, params, run, ran = _tiny_copy(root, tmp_path, 900, 60, n_train=120, n_test=24, n_expert=4, n_pretrain=40)
     params["pretrain_base"]["arch"].update(hidden=32, heads=2, vision_hidden=32, vision_layers=1)
     params["pretrain_base"]["pretrain"].update(epochs=1, val_images=4, eval_every=1000)
     params["pretrain_base"]["min_seeing_gap"] = -1.0  # one epoch on 40 scenes cannot learn to see
@@ -97,10 +103,7 @@ def test_the_whole_study_runs_on_a_tiny_world_and_a_loop_param_reruns_only_what_
     params["train"]["arms"] = {"oracle": arms["oracle"], "baseline": arms["baseline"] | {"ensemble": 2},
                                "debiased": arms["debiased"], "iter1": arms["iter1"]}
     params["curate"]["iterations"] = {"iter1": params["curate"]["iterations"]["iter1"]}
-    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    run = lambda *a: subprocess.run([str(BIN / "dvc"), *a], cwd=d, env=env, capture_output=True, text=True, timeout=900)
-    ran = lambda r: {s.split("'")[1] for s in r.stdout.splitlines() if s.startswith("Running stage '")}
+    _write(d, params)
     r = run("repro")
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-5000:]
     assert {s.split("@")[0] for s in ran(r)} == set(STUDY)
@@ -110,7 +113,7 @@ def test_the_whole_study_runs_on_a_tiny_world_and_a_loop_param_reruns_only_what_
     assert ran(run("repro")) == set()
     curated = (d / "data/curate/iter1/train.jsonl").read_bytes()
     params["curate"]["loop"]["flip_share"] = 1.0  # flip every pair the ensemble rejects
-    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _write(d, params)
     changed = run("repro")
     assert changed.returncode == 0, changed.stdout[-5000:] + changed.stderr[-5000:]
     assert (d / "data/curate/iter1/train.jsonl").read_bytes() != curated

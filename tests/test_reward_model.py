@@ -1,7 +1,6 @@
 """The QLoRA reward model: the CPU 4-bit gradient trap, training behaviour, every family and quantisation, fusion
 variants, ensembles, save/reload in a fresh process, and a 2-process `accelerate launch` that trains the same model."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from rm_fixtures import ROOT, TINY, _env, base, make_base, pairs, qwen_base, read_jsonl, run_py, tokenizer, world  # noqa: F401
+from rm_fixtures import ROOT, _env, make_base, run_py
 from dt2it_mrm.reward_model import (BLANK, FUSIONS, PairData, RMConfig, blank_tensors, bt_loss, build_reward_model,
                                     features_by_key, fit, load_reward_model, member_paths, pair_loss, rewards,
-                                    save_reward_model, train_ensemble, train_reward_model, trainable)
+                                    train_ensemble, train_reward_model, trainable)
 from dt2it_mrm.vlm import FAMILIES, load_processor, quantized_modules
 
 

@@ -8,11 +8,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
-from rm_fixtures import ROOT, _env, base, pairs, read_jsonl, tokenizer, world  # noqa: F401
+from rm_fixtures import ROOT, _env, read_jsonl
 from dt2it_mrm.reward_model import RMConfig, pair_items, train_ensemble, train_reward_model
-from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, naive_scores, read_scored, read_scores, score_to_jsonl
+from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, naive_scores, read_scored
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rm_fixtures import TINY, base, make_base, pairs, read_jsonl, run_py, tokenizer, world  # noqa: F401
+from rm_fixtures import TINY, make_base, read_jsonl, run_py
 from dt2it_mrm.vlm import (FAMILIES, PretrainConfig, SPECIAL_TOKENS, build_base, chat_text, collate, encode, family_of,
                            image_features, load_base, load_processor, pretrain, quantized_modules, save_base, with_features)
 from dt2it_mrm.data import load_image

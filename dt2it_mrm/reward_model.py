@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, math, random, time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .core import read_json, seed_everything, stable_hash, write_json
 from .data import load_image
-from .vlm import (blank_image, collate, encode, encode_image, encode_images, encode_text, encode_texts, family_of, image_features, last_index, load_base, load_processor,
+from .vlm import (blank_image, collate, encode_image, encode_images, encode_texts, image_features, last_index, load_base, load_processor,
                            with_features)
 
 # %% auto #0

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 
 from .core import stable_hash
 from .data import load_image
-from .reward_model import (BLANK, ItemData, RewardModel, blank_tensors, features_by_key, load_reward_model,
+from .reward_model import (BLANK, ItemData, RewardModel, blank_tensors, load_reward_model,
                                     member_paths)
-from .vlm import blank_image, collate, encode, encode_image, image_features
+from .vlm import blank_image, collate, encode, encode_image, image_features, load_processor
 
 # %% auto #0
 __all__ = ['OUT_FIELDS', 'item_key', 'RewardScorer', 'load_ensemble', 'naive_scores', 'read_scored', 'unique_items',
@@ -36,7 +36,6 @@ class RewardScorer:
                 ):
         self.models = [models] if isinstance(models, RewardModel) else list(models)
         self.batch_size, self.image_root, self.cache_size = batch_size, image_root, cache_size
-        from dt2it_mrm.vlm import load_processor
         self.processor = load_processor(self.models[0].base_path)
         self._feats: dict = {}
 
@@ -90,7 +89,6 @@ def load_ensemble(path: str | Path, **kw) -> list[RewardScorer]:
 @torch.no_grad()
 def naive_scores(rm: RewardModel, items: Sequence[dict], processor=None, image_root=None) -> np.ndarray:
     "Score items one at a time, as a per-record inference loop does (no batching, no shared image work)."
-    from dt2it_mrm.vlm import load_processor
     processor = processor or load_processor(rm.base_path); rm.eval(); out = []
     blank = blank_image(rm.cfg.blank_size)
     for it in items:

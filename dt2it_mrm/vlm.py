@@ -5,17 +5,16 @@
 # %% ../nbs/06a_vlm.ipynb #33f49d1a
 from __future__ import annotations
 import json, math, random, time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .core import seed_everything, stable_hash
+from .core import seed_everything
 from .data import load_image
 
 # %% auto #0

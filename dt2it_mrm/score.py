@@ -5,22 +5,65 @@
 # %% ../nbs/06c_score.ipynb #3ddfc4c1
 from __future__ import annotations
 import json, os, time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .core import stable_hash
 from .data import load_image
 from .reward_model import (BLANK, ItemData, RewardModel, blank_tensors, load_reward_model,
                                     member_paths)
-from .vlm import blank_image, collate, encode, encode_image, image_features, load_processor
+from .vlm import blank_image, chat_text, image_features, load_processor, split_images
 
 # %% auto #0
-__all__ = ['OUT_FIELDS', 'item_key', 'RewardScorer', 'load_ensemble', 'naive_scores', 'read_scored', 'unique_items',
-           'score_to_jsonl', 'read_scores']
+__all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'merged_lora_layers', 'swapped', 'item_key', 'RewardScorer',
+           'load_ensemble', 'naive_scores', 'read_scored', 'unique_items', 'score_to_jsonl', 'read_scores']
+
+# %% ../nbs/06c_score.ipynb #1502ff21
+class MergedLinear(nn.Module):
+    "A LoRA projection folded into one dense layer, for scoring."
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__(); self.weight, self.bias = weight, bias
+    def forward(self, x, *args, **kwargs): return F.linear(x, self.weight, self.bias)
+
+def dense_weight(layer: nn.Module) -> torch.Tensor | None:
+    "The fp32 weight of a base projection: dequantised when 4-bit, as is when unquantised; None for other kinds (8-bit)."
+    import bitsandbytes as bnb
+    w = layer.weight
+    if isinstance(layer, bnb.nn.Linear4bit): return bnb.functional.dequantize_4bit(w.data, w.quant_state).float()
+    if type(layer) is nn.Linear: return w.detach().float()
+    return None
+
+def merged_lora_layers(rm: RewardModel) -> dict[str, MergedLinear]:
+    "Every LoRA projection of `rm` that can be folded, as a `MergedLinear` by module name (the model is not changed)."
+    from peft.tuners.lora import LoraLayer
+    out = {}
+    with torch.no_grad():
+        for name, mod in rm.named_modules():
+            if not isinstance(mod, LoraLayer) or not mod.active_adapters or (w := dense_weight(mod.get_base_layer())) is None: continue
+            for a in mod.active_adapters:
+                if a in mod.lora_A: w = w + (mod.lora_B[a].weight @ mod.lora_A[a].weight) * mod.scaling[a]
+            out[name] = MergedLinear(w, mod.get_base_layer().bias)
+    return out
+
+@contextmanager
+def swapped(rm: nn.Module, layers: dict[str, nn.Module]):
+    "Within the block, the modules of `rm` named in `layers` are replaced by them; the originals come back afterwards."
+    saved = {}
+    try:
+        for name, new in layers.items():
+            parent, _, attr = name.rpartition("."); owner = rm.get_submodule(parent)
+            saved[name] = (owner, attr, getattr(owner, attr)); setattr(owner, attr, new)
+        yield rm
+    finally:
+        for owner, attr, old in saved.values(): setattr(owner, attr, old)
+
 
 # %% ../nbs/06c_score.ipynb #e6cb0469
 def item_key(item: dict) -> str:
@@ -33,11 +76,13 @@ class RewardScorer:
                  batch_size: int = 32,            # rows per forward pass
                  image_root: str | Path | None = None,
                  cache_size: int = 4096,          # image features kept between calls
+                 merge: bool = True,              # score LoRA projections as dense fp32 layers (faster; more memory)
                 ):
         self.models = [models] if isinstance(models, RewardModel) else list(models)
-        self.batch_size, self.image_root, self.cache_size = batch_size, image_root, cache_size
+        self.batch_size, self.image_root, self.cache_size, self.merge = batch_size, image_root, cache_size, merge
         self.processor = load_processor(self.models[0].base_path)
         self._feats: dict = {}
+        self._merged: dict[int, dict] = {}  # member -> its folded layers, made at its first call (members are frozen)
 
     @classmethod
     def load(cls, path: str | Path | Sequence[str | Path], **kw) -> "RewardScorer":
@@ -68,10 +113,12 @@ class RewardScorer:
             for j, m in enumerate(self.models):
                 if m.cfg.blank_image != blank: continue
                 feats = self._features(m, data); m.eval()
-                for s in range(0, len(order), self.batch_size):
-                    rows = order[s:s + self.batch_size]
-                    r = m(data.batch(rows), [feats[data.keys[i]] for i in rows], [feats[BLANK]] * len(rows))["rewards"]
-                    out[j, rows] = r.double().numpy()
+                if self.merge and j not in self._merged: self._merged[j] = merged_lora_layers(m)
+                with swapped(m, self._merged.get(j, {})):
+                    for s in range(0, len(order), self.batch_size):
+                        rows = order[s:s + self.batch_size]
+                        r = m(data.batch(rows), [feats[data.keys[i]] for i in rows], [feats[BLANK]] * len(rows))["rewards"]
+                        out[j, rows] = r.double().numpy()
         return out
 
     def __call__(self, items: Sequence[dict]) -> np.ndarray:
@@ -88,15 +135,17 @@ def load_ensemble(path: str | Path, **kw) -> list[RewardScorer]:
 # %% ../nbs/06c_score.ipynb #3e2f0d3b
 @torch.no_grad()
 def naive_scores(rm: RewardModel, items: Sequence[dict], processor=None, image_root=None) -> np.ndarray:
-    "Score items one at a time, as a per-record inference loop does (no batching, no shared image work)."
+    "Score items one at a time, as a per-record inference script does (the stock processor per record, no shared image work)."
     processor = processor or load_processor(rm.base_path); rm.eval(); out = []
     blank = blank_image(rm.cfg.blank_size)
+    def inputs(img, q, a):
+        b = processor(text=[chat_text(processor, q, a)], images=[img], return_tensors="pt")
+        return dict(b), split_images(b, 1)[0]
     for it in items:
         img = blank if rm.cfg.blank_image or it["image"] is None else load_image(it["image"], image_root)
-        t, im = encode(processor, img, it["question"], it["answer"])
-        b = collate([t], [im], processor.tokenizer.pad_token_id)
+        b, im = inputs(img, it["question"], it["answer"])
         piece = image_features(rm.vlm, [im])
-        bl = image_features(rm.vlm, [encode_image(processor, blank)[0]]) if not rm.sees_image() else piece
+        bl = piece if rm.sees_image() else image_features(rm.vlm, [inputs(blank, it["question"], it["answer"])[1]])
         out.append(rm(b, piece, bl)["rewards"].double().item())
     return np.array(out)
 

@@ -11,7 +11,8 @@ import pytest
 
 from rm_fixtures import ROOT, _env, read_jsonl
 from dt2it_mrm.reward_model import RMConfig, pair_items, train_ensemble, train_reward_model
-from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, naive_scores, read_scored
+from dt2it_mrm.reward_model import build_reward_model, trainable
+from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, merged_lora_layers, naive_scores, read_scored
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,28 @@ def test_batched_scores_match_the_one_at_a_time_loop(rm_path, pairs):
     sc = RewardScorer.load(rm_path, batch_size=8)
     items = pair_items(pairs[:10]) + [{**pair_items(pairs[:1])[0], "image": None}]
     np.testing.assert_allclose(sc(items), naive_scores(sc.models[0], items), atol=1e-5)
+
+
+@pytest.mark.parametrize("quant", ["4bit", "none", "8bit"])
+def test_dense_scoring_gives_the_same_scores_and_leaves_the_model_trainable(quant, qwen_base, pairs):
+    import torch
+    from dt2it_mrm.reward_model import BLANK, PairData, blank_tensors, features_by_key, pair_loss
+    from dt2it_mrm.vlm import load_processor
+    rm = build_reward_model(qwen_base, RMConfig(quant=quant, lora_r=4, seed=0))
+    with torch.no_grad():  # LoRA B starts at zero: give the adapters something to fold
+        for n, p in trainable(rm).items(): p.normal_(0, 0.05)
+    items = pair_items(pairs[:6])
+    merged = merged_lora_layers(rm)
+    assert len(merged) == (0 if quant == "8bit" else 7 * 2)  # 8-bit projections are scored as they are
+    dense, plain = RewardScorer(rm, batch_size=5)(items), RewardScorer(rm, batch_size=5, merge=False)(items)
+    np.testing.assert_allclose(dense, plain, atol=1e-5)
+    np.testing.assert_allclose(dense, naive_scores(rm, items), atol=1e-5)
+    assert not np.allclose(dense, dense[0])
+    rm.train(); before = {n: p.detach().clone() for n, p in trainable(rm).items()}  # the swap is undone: training goes on
+    data = PairData(load_processor(qwen_base), pairs[:4]); feats = features_by_key(rm, data, {BLANK: blank_tensors(data.processor)})
+    pair_loss(rm, data, feats, [0, 1, 2, 3], rm.cfg).backward()
+    opt = torch.optim.SGD(list(trainable(rm).values()), lr=0.1); opt.step()
+    assert all(not torch.equal(before[n], p) for n, p in trainable(rm).items() if "lora_A" in n)
 
 
 def test_vision_work_is_done_once_per_distinct_image(rm_path, pairs, monkeypatch):

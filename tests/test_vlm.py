@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from rm_fixtures import TINY, make_base, read_jsonl, run_py
-from dt2it_mrm.vlm import (FAMILIES, PretrainConfig, SPECIAL_TOKENS, build_base, chat_text, collate, encode, family_of,
-                           image_features, load_base, load_processor, pretrain, quantized_modules, save_base, with_features)
+from dt2it_mrm.vlm import (FAMILIES, PretrainConfig, SPECIAL_TOKENS, build_base, chat_text, collate, encode, encode_images, family_of,
+                           image_features, load_base, load_processor, pretrain, quantized_modules, qwen_pixels, save_base,
+                           with_features)
 from dt2it_mrm.data import load_image
 
 
@@ -38,6 +39,23 @@ def test_every_family_builds_saves_reloads_and_encodes_like_its_processor(family
         shared = m(**with_features(b, image_features(m, [i]))).logits  # image features computed apart, handed in
     assert ref_logits.shape == (1, len(t["input_ids"]), len(tokenizer))
     assert torch.allclose(ref_logits, shared, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "llava"])
+def test_vectorised_image_tensors_equal_the_processors_bit_for_bit(family, tokenizer, pairs, tmp_path):
+    from PIL import Image
+    proc = load_processor(make_base(tokenizer, family, tmp_path / family))
+    ims = [load_image(r["images"][0]) for r in pairs[:5]]
+    ref = proc(text=[chat_text(proc, "")] * len(ims), images=ims, return_tensors="pt", padding=True)
+    got = encode_images(proc, ims)
+    assert [n for _, n in got] == (ref["input_ids"] == proc.image_token_id).sum(1).tolist()
+    for k in got[0][0]: assert torch.cat([g[k] for g, _ in got]).equal(ref[k])
+    assert (qwen_pixels(proc, ims) is None) == (family == "llava")  # LLaVA's processor always does the work itself
+    if family != "llava":  # a size the processor would resize, or another mode: the processor does it
+        assert qwen_pixels(proc, [ims[0].resize((100, 90))]) is None and qwen_pixels(proc, [ims[0].convert("L")]) is None
+        odd = ims[:2] + [ims[0].resize((100, 90))]
+        ref2 = proc(text=[chat_text(proc, "")] * 3, images=odd, return_tensors="pt", padding=True)
+        assert torch.cat([g["pixel_values"] for g, _ in encode_images(proc, odd)]).equal(ref2["pixel_values"])
 
 
 @pytest.mark.parametrize("quant", ["4bit", "8bit"])

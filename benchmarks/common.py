@@ -1,0 +1,33 @@
+"""What the reward-model benchmarks share: the study's params, its test sets, and one reward model trained and measured."""
+import tempfile, time
+from pathlib import Path
+
+from dt2it_mrm.core import load_params, set_offline
+from dt2it_mrm.data import read_preferences
+from dt2it_mrm.evaluate import accuracy, group_accuracy, pair_margins
+from dt2it_mrm.reward_model import RMConfig, train_reward_model
+from dt2it_mrm.score import RewardScorer
+
+
+def read_pairs(path) -> list[dict]:
+    "Preference records of `path` as dicts (bad lines raise)."
+    return [r.to_dict() for r in read_preferences(path, on_error="raise")[0]]
+
+
+def study_setup() -> tuple[dict, str, dict]:
+    "Offline mode on; the study's params, its base model and its test sets by name."
+    set_offline(); params = load_params()
+    tests = {k: read_pairs(Path(params["generate"]["out_dir"]) / f"{k}.jsonl") for k in params["evaluate"]["test_sets"]}
+    return params, params["base"]["model"], tests
+
+
+def train_and_measure(train: list[dict], base: str, cfg: RMConfig, tests: dict) -> dict:
+    "Train one reward model with `cfg` on `train`; its wall time and, per test set, accuracy and worst-group accuracy."
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter(); train_reward_model(train, base, cfg, out_dir=Path(tmp) / "rm", progress=False)
+        row = {"train_s": round(time.perf_counter() - t0, 1)}
+        sc = RewardScorer.load(Path(tmp) / "rm")
+        for name, recs in tests.items():
+            m = pair_margins(recs, sc)
+            row[name] = accuracy(m); row[f"{name}_worst_group"] = group_accuracy(m, [r["group"] for r in recs])["worst"]
+    return row

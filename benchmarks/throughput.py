@@ -40,6 +40,7 @@ def compare(rm, items, batch_size: int, repeats: int = 3) -> dict:
             "batched_items_per_s": len(items) / tb, "speedup": tn / tb, "speedups": [n / b for n, b in zip(t_naive, t_batched)],
             "speedup_unfolded": tn / tp, "max_abs_score_diff": diff}
 
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="data/models/oracle"); ap.add_argument("--data", default="data/world/test_iid.jsonl")

@@ -9,7 +9,7 @@ import torch
 from rm_fixtures import TINY, make_base, read_jsonl, run_py
 from dt2it_mrm.vlm import (FAMILIES, PretrainConfig, SPECIAL_TOKENS, build_base, chat_text, collate, encode, encode_images, family_of,
                            image_features, load_base, load_processor, pretrain, quantized_modules, qwen_pixels, save_base,
-                           with_features)
+                           split_images, with_features)
 from dt2it_mrm.data import load_image
 
 
@@ -49,6 +49,7 @@ def test_vectorised_image_tensors_equal_the_processors_bit_for_bit(family, token
     ref = proc(text=[chat_text(proc, "")] * len(ims), images=ims, return_tensors="pt", padding=True)
     got = encode_images(proc, ims)
     assert [n for _, n in got] == (ref["input_ids"] == proc.image_token_id).sum(1).tolist()
+    assert set(got[0][0]) == set(split_images(ref, len(ims))[0])  # every image tensor the processor makes, and no other
     for k in got[0][0]: assert torch.cat([g[k] for g, _ in got]).equal(ref[k])
     assert (qwen_pixels(proc, ims) is None) == (family == "llava")  # LLaVA's processor always does the work itself
     if family != "llava":  # a size the processor would resize, or another mode: the processor does it

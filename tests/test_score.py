@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from rm_fixtures import ROOT, _env, read_jsonl
-from dt2it_mrm.reward_model import RMConfig, pair_items, train_ensemble, train_reward_model
-from dt2it_mrm.reward_model import build_reward_model, trainable
+from dt2it_mrm.reward_model import (BLANK, PairData, RMConfig, blank_tensors, build_reward_model, features_by_key, pair_items, pair_loss,
+                                    train_ensemble, train_reward_model, trainable)
+from dt2it_mrm.vlm import load_processor
 from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, merged_lora_layers, naive_scores, read_scored
 
 
@@ -45,8 +46,6 @@ def test_batched_scores_match_the_one_at_a_time_loop(rm_path, pairs):
 @pytest.mark.parametrize("quant", ["4bit", "none", "8bit"])
 def test_dense_scoring_gives_the_same_scores_and_leaves_the_model_trainable(quant, qwen_base, pairs):
     import torch
-    from dt2it_mrm.reward_model import BLANK, PairData, blank_tensors, features_by_key, pair_loss
-    from dt2it_mrm.vlm import load_processor
     rm = build_reward_model(qwen_base, RMConfig(quant=quant, lora_r=4, seed=0))
     with torch.no_grad():  # LoRA B starts at zero: give the adapters something to fold
         for n, p in trainable(rm).items(): p.normal_(0, 0.05)

@@ -19,8 +19,9 @@ from .evaluate import accuracy, group_accuracy, item_key, pair_items, pair_margi
 __all__ = ['LENGTH_UNITS', 'DS_MODELS', 'as_dicts', 'answer_length', 'length_diffs', 'better_sign', 'length_curve', 'style_bias',
            'length_bias', 'both_order_verdicts', 'verdicts_from_annotations', 'position_bias', 'TextFeaturizer',
            'LinearTextScorer', 'fit_text_model', 'OOFScorer', 'prompt_folds', 'cross_fit', 'shortcut_scores',
-           'intermodal_bias', 'length_scorer', 'group_bias', 'dawid_skene', 'majority_vote', 'annotator_truth',
-           'annotator_audit', 'benchmark_text_audit', 'plot_length_curve', 'plot_annotators', 'plot_bars']
+           'intermodal_bias', 'length_scorer', 'shortcut_rule_scorer', 'group_bias', 'dawid_skene', 'majority_vote',
+           'annotator_truth', 'annotator_audit', 'benchmark_text_audit', 'plot_length_curve', 'plot_annotators',
+           'plot_bars']
 
 # %% ../nbs/03_bias.ipynb #1ee789ee
 def as_dicts(records: Sequence) -> list[dict]:
@@ -273,6 +274,16 @@ def length_scorer(unit: str = "chars",
                  ) -> Callable[[list[dict]], np.ndarray]:
     "A scorer that scores an answer by its length (text only)."
     def score(items: list[dict]) -> np.ndarray: return sign * np.array([answer_length(it["answer"], unit) for it in items], float)
+    score.needs_images = False
+    return score
+
+# %% ../nbs/03_bias.ipynb #6a1f3b28
+def shortcut_rule_scorer(phrases: Sequence[str] = (), # tell phrases; an answer containing any of them wins
+                        ) -> Callable[[list[dict]], np.ndarray]:
+    "The no-image rule 'the answer with a tell phrase, else the longer one' as a scorer (text only)."
+    phrases = tuple(p for p in ([phrases] if isinstance(phrases, str) else phrases) if p)  # one string is one phrase
+    def score(items: list[dict]) -> np.ndarray:
+        return np.array([1e6 * any(p in it["answer"] for p in phrases) + len(it["answer"]) for it in items], float)
     score.needs_images = False
     return score
 

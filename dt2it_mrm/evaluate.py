@@ -16,7 +16,7 @@ from .data import FieldError, PrefRecord, PreferenceDataError, _rows, resolve_im
 
 # %% auto #0
 __all__ = ['Scorer', 'VLRB_CATEGORIES', 'make_item', 'item_key', 'score_items', 'ScoreCache', 'pair_items', 'pair_margins',
-           'accuracy', 'tie_rate', 'group_accuracy', 'macro_accuracy', 'kendall_tau_b', 'expert_agreement',
+           'accuracy', 'tie_rate', 'group_accuracy', 'macro_accuracy', 'kendall_tau_b', 'expert_agreement', 'best_of_n',
            'length_correlation', 'ece', 'gold_sign', 'set_metrics', 'evaluate_scorer', 'ImagesMissingError',
            'images_report', 'check_images', 'vlrb_category', 'read_vl_rewardbench', 'vl_rewardbench_metrics',
            'read_mm_rlhf_rewardbench', 'acc_plus', 'mm_rlhf_metrics', 'mmrb_category', 'mmrb_area',
@@ -140,7 +140,7 @@ def expert_agreement(lists: Sequence[dict], # ListRecord dicts with expert grade
     "Mean Kendall tau-b between model scores and expert grades, and the pooled pair accuracy."
     lists = [_d(r) for r in lists]
     s = score_items([it for r in lists for it in _list_items(r)], scorer)
-    taus, skipped, right, total, k = [], 0, 0, 0, 0
+    taus, skipped, k, rights, totals = [], 0, 0, [], []
     for r in lists:
         sc, grades = s[k:k + len(r["answers"])], r.get("scores") or [None] * len(r["answers"]); k += len(r["answers"])
         keep = [i for i, g in enumerate(grades) if g is not None]
@@ -148,9 +148,34 @@ def expert_agreement(lists: Sequence[dict], # ListRecord dicts with expert grade
         if len(keep) < 2 or np.ptp(g) == 0: skipped += 1; continue
         t = kendall_tau_b(m, g); taus.append(0.0 if math.isnan(t) else t)
         i, j = np.triu_indices(len(g), 1); d = g[i] != g[j]
-        right += int(np.sum(np.sign(m[i] - m[j])[d] == np.sign(g[i] - g[j])[d])); total += int(d.sum())
+        rights.append(int(np.sum(np.sign(m[i] - m[j])[d] == np.sign(g[i] - g[j])[d]))); totals.append(int(d.sum()))
+    right, total = sum(rights), sum(totals)
     return {"expert_tau": float(np.mean(taus)) if taus else math.nan, "pair_accuracy": right / total if total else math.nan,
-            "n_lists": len(taus), "n_skipped": skipped}
+            "n_lists": len(taus), "n_skipped": skipped, "per_list": {"tau": taus, "pair_right": rights, "pair_total": totals}}
+
+# %% ../nbs/08_evaluate.ipynb #0f3c9d84
+def best_of_n(lists: Sequence[dict], # ListRecord dicts with grades in `scores` (higher is better)
+              scorer: Scorer,        # called once on the unique items
+             ) -> dict:
+    "Mean grade of the answer `scorer` ranks first in each list, against a random pick and the best; ties go to the first."
+    lists = [_d(r) for r in lists]
+    s = score_items([it for r in lists for it in _list_items(r)], scorer)
+    per, tells, k = {"picked": [], "random": [], "best": [], "picked_length": [], "mean_length": []}, [], 0
+    for r in lists:
+        n, grades = len(r["answers"]), r.get("scores") or []
+        if not n or len(grades) != n or any(x is None for x in grades): raise ValueError(f"list {r.get('id')!r}: best_of_n needs a grade for every answer")
+        sc, g = s[k:k + n], np.asarray(grades, dtype=float); k += n
+        i, lens = int(np.argmax(sc)), [len(a) for a in r["answers"]]
+        for key, v in zip(per, (g[i], g.mean(), g.max(), lens[i], np.mean(lens))): per[key].append(float(v))
+        t = (r.get("meta") or {}).get("tell")
+        tells.append((bool(t[i]), float(np.mean(t))) if isinstance(t, list) and len(t) == n else None)
+    mean = lambda v: float(np.mean(v)) if len(v) else math.nan
+    out = {"n_lists": len(lists), "picked_grade": mean(per["picked"]), "random_grade": mean(per["random"]),
+           "best_grade": mean(per["best"]), "picked_is_best": mean([p == b for p, b in zip(per["picked"], per["best"])]),
+           "picked_length": mean(per["picked_length"]), "mean_length": mean(per["mean_length"])}
+    if tells and all(t is not None for t in tells):
+        out |= {"picked_tell_share": mean([t[0] for t in tells]), "tell_share": mean([t[1] for t in tells])}
+    return out | {"per_list": per}
 
 # %% ../nbs/08_evaluate.ipynb #031c6314
 def _corr(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -185,16 +210,18 @@ def gold_sign(records: Sequence[dict]) -> np.ndarray:
 def set_metrics(records: Sequence[dict], # PrefRecord dicts
                 scorer: Scorer,          # best a `ScoreCache` that already holds every item
                 bins: int = 10,          # calibration bins
+                blank: bool = True,      # also score the text-only view (image reliance); False leaves those two metrics None
                ) -> dict:
     "Every pair metric of one test set."
     records = [_d(r) for r in records]
     sign = gold_sign(records)
-    m, mb = pair_margins(records, scorer) * sign, pair_margins(records, scorer, blank_image=True) * sign
+    m = pair_margins(records, scorer) * sign
+    mb = pair_margins(records, scorer, blank_image=True) * sign if blank else None
     ga, ta = group_accuracy(m, [r.get("group") for r in records]), group_accuracy(m, [r.get("task") for r in records])
     return {"n": len(records), "accuracy": accuracy(m), "ties": tie_rate(m),
             "macro_task_accuracy": _macro(ta["per_group"]), "per_task": ta["per_group"],
             "per_group": ga["per_group"], "worst_group": ga["worst"], "fairness_gap": ga["gap"],
-            "accuracy_blank": accuracy(mb), "image_reliance": accuracy(m) - accuracy(mb), "ece": ece(m, bins),
+            "accuracy_blank": None if mb is None else accuracy(mb), "image_reliance": None if mb is None else accuracy(m) - accuracy(mb), "ece": ece(m, bins),
             **length_correlation(records, scorer)}
 
 def evaluate_scorer(scorer: Scorer,                       # any scorer

@@ -19,7 +19,7 @@ __all__ = ['COLOURS', 'SHAPES', 'CELLS', 'GROUPS', 'TASKS', 'STYLES', 'LONG_STYL
            'ANNOTATOR_KINDS', 'JUDGE_KNOBS', 'SPLITS', 'TOLERANCE_SE', 'Obj', 'Scene', 'sample_scene', 'render_scene',
            'Prompt', 'make_prompt', 'is_focus', 'error_distance', 'corrupt', 'headline', 'split_claims', 'write_answer',
            'WorldConfig', 'Answer', 'make_pair_answers', 'sample_errors', 'annotate', 'answer_key', 'SimJudge',
-           'split_groups', 'make_split', 'make_expert', 'make_pretrain', 'rewrite_answer', 'generate_world',
+           'split_groups', 'make_split', 'make_expert', 'make_pretrain', 'make_bon', 'rewrite_answer', 'generate_world',
            'load_world', 'world_judge', 'expected_annotator_accuracy', 'measure_world', 'measure_judge', 'plot_checks']
 
 # %% ../nbs/02_world.ipynb #b22a9ae6
@@ -251,7 +251,10 @@ class WorldConfig:
     max_objects: int = 4                 # objects per scene, 1..max_objects
     max_errors: int = 3                  # factual errors per answer, 0..max_errors
     n_train: int = 2000                  # raw (biased) training pairs; the oracle set has the same size
-    n_test: int = 400                    # pairs in each of test_iid, test_shift, test_hard
+    n_test: int = 400                    # pairs in each of the secondary test sets test_iid, test_shift, test_hard
+    n_neutral: int = 2000                # pairs of the primary test set test_neutral (length and tell uninformative)
+    n_dev: int = 1000                    # pairs of the neutral dev split, on which every choice is made (thresholds, calibration, sweeps)
+    n_bon: int = 200                     # prompts of the best-of-N set test_bon (one answer per style × error count)
     n_expert: int = 100                  # expert-graded prompts (one answer per error count 0..max_errors)
     n_pretrain: int = 2000               # scenes for pre-training the base VLM (two truthful QAs each)
     train_group_shares: dict = field(default_factory=lambda: {"plain": 0.55, "textured": 0.25, "dark": 0.12, "outline": 0.08})
@@ -271,6 +274,9 @@ class WorldConfig:
                                                  "noise": 0.6, "difficulty_noise": 0.9})
 
     def __post_init__(self):
+        for k in ("n_neutral", "n_dev", "n_bon"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be a positive int, got {v!r}")
         if set(self.train_group_shares) - set(GROUPS): raise ValueError(f"unknown groups {set(self.train_group_shares) - set(GROUPS)}; groups are {GROUPS}")
         if abs(sum(self.train_group_shares.values()) - 1) > 1e-6: raise ValueError(f"train_group_shares must sum to 1, got {sum(self.train_group_shares.values())}")
         if self.annotators_per_pair % 2 == 0 or self.annotators_per_pair > len(self.annotators): raise ValueError("annotators_per_pair must be odd and at most the number of annotators")
@@ -392,7 +398,7 @@ class SimJudge:
         return [float(self._score(r, image, question, a)) for a in answers]
 
 # %% ../nbs/02_world.ipynb #dc718ee5
-SPLITS = ("train_raw", "train_oracle", "test_iid", "test_shift", "test_hard")
+SPLITS = ("train_raw", "train_oracle", "dev", "test_neutral", "test_iid", "test_shift", "test_hard")
 
 def _claims_json(claims: list[Obj]) -> list[list]: return [[o.colour, o.shape, o.cell] for o in claims]
 
@@ -401,6 +407,8 @@ def _split_plan(cfg: WorldConfig, split: str) -> dict:
     biased = dict(length_bias=cfg.length_bias, tell_rate=cfg.tell_rate, tell_precision=cfg.tell_precision, gap=None)
     return {"train_raw": dict(n=cfg.n_train, **biased),
             "train_oracle": dict(n=cfg.n_train, **neutral),
+            "dev": dict(n=cfg.n_dev, **neutral),
+            "test_neutral": dict(n=cfg.n_neutral, **neutral),
             "test_iid": dict(n=cfg.n_test, **biased),
             "test_shift": dict(n=cfg.n_test, **{**biased, "length_bias": 1 - cfg.length_bias, "tell_precision": 1 - cfg.tell_precision}),
             "test_hard": dict(n=cfg.n_test, **{**neutral, "gap": 1})}[split]
@@ -478,6 +486,26 @@ def make_pretrain(cfg: WorldConfig, seed: int, img_dir: str) -> tuple[list[dict]
         prompts.append(cap)
     return recs, prompts
 
+# %% ../nbs/02_world.ipynb #3f8d2b57
+def make_bon(cfg: WorldConfig, seed: int, img_dir: str) -> tuple[list[dict], list[Prompt]]:
+    "Listwise best-of-N records: one answer per style × error count, shuffled, graded −errors."
+    recs, prompts = [], []
+    for i, g in enumerate(split_groups(cfg, "test_bon", cfg.n_bon, seed)):
+        p = _prompt(cfg, seed, "test_bon", i, g, img_dir); r = rng(seed, "bon", i)
+        cands = [(s, e) for s in STYLES for e in range(cfg.max_errors + 1)]
+        styles, errs = zip(*[cands[j] for j in r.permutation(len(cands))])
+        claims = [corrupt(p, r, e, cfg.max_objects) for e in errs]
+        fillers = [list(r.permutation(FILLERS)[:int(r.integers(0, 3))]) if s in LONG_STYLES else [] for s in styles]
+        tells = [bool(r.random() < cfg.tell_rate) for _ in errs]
+        answers = [write_answer(p, c, s, f, cfg.tell_phrase if t else "") for c, s, f, t in zip(claims, styles, fillers, tells)]
+        if len(set(answers)) < len(answers): raise RuntimeError(f"prompt {p.id}: two candidates have the same text")
+        recs.append({"id": p.id, "images": [p.scene.image], "question": p.question, "answers": answers,
+                     "scores": [float(-e) for e in errs], "source": "world/test_bon", "group": g, "task": p.task,
+                     "meta": {"errors": list(errs), "styles": list(styles), "tell": tells, "difficulty": p.scene.difficulty,
+                              "target": p.target, "claims": [_claims_json(c) for c in claims]}})
+        prompts.append(p)
+    return recs, prompts
+
 # %% ../nbs/02_world.ipynb #311e4e06
 def rewrite_answer(rec: dict,  # a world pair record (or list record) with meta.claims and meta.target
                    side: int,  # 0 = chosen (or answers[0]), 1 = rejected, i = answers[i]
@@ -505,6 +533,7 @@ def generate_world(cfg: WorldConfig,
     for split in SPLITS:
         recs, ps = make_split(cfg, split, seed, img_dir); files[split] = recs; scenes += [p.scene for p in ps]
     files["test_expert"], ps = make_expert(cfg, seed, img_dir); scenes += [p.scene for p in ps]
+    files["test_bon"], ps = make_bon(cfg, seed, img_dir); scenes += [p.scene for p in ps]
     files["pretrain"], ps = make_pretrain(cfg, seed, img_dir); scenes += [p.scene for p in ps]
     for s in tqdm(scenes, desc="render", disable=not progress, mininterval=1):
         render_scene(s, cfg.image_size, rng(seed, "render", s.id)).save(out / "images" / f"{s.id}.png")
@@ -519,7 +548,7 @@ def load_world(out_dir: str | Path) -> dict[str, list[dict]]:
 
 def world_judge(world: dict, cfg: WorldConfig, seed: int) -> SimJudge:
     "The simulated judge of a generated world, knowing the truth of every answer in it."
-    recs = [r for name, rs in world.items() if name.startswith(("train", "test")) for r in rs]
+    recs = [r for name, rs in world.items() if name.startswith(("train", "test", "dev")) for r in rs]
     return SimJudge.from_records(recs, cfg.judge, seed=seed, max_errors=cfg.max_errors)
 
 # %% ../nbs/02_world.ipynb #154d405e
@@ -546,6 +575,18 @@ def _ols(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     s2 = resid @ resid / (len(y) - X.shape[1])
     return beta, np.sqrt(np.diag(s2 * np.linalg.inv(X.T @ X))), resid
 
+def _measure_bon(bon: list[dict], cfg: WorldConfig) -> list[dict]:
+    "Checks of the best-of-N lists: size, every style × error count once, tell rate, and length and tell uninformative."
+    k, full = cfg.max_errors + 1, sorted((s, e) for s in STYLES for e in range(cfg.max_errors + 1))
+    longest_best = [r["meta"]["errors"][int(np.argmax([len(a) for a in r["answers"]]))] == 0 for r in bon]
+    best_if_told = [e == 0 for r in bon for e, t in zip(r["meta"]["errors"], r["meta"]["tell"]) if t]
+    return [_check("n_bon", cfg.n_bon, len(bon), 0, len(bon), floor=0.5),
+            _check("test_bon: each list holds every style × error count once", 1.0,
+                   np.mean([sorted(zip(r["meta"]["styles"], r["meta"]["errors"])) == full for r in bon]), 0, len(bon)),
+            _prop("test_bon: tell_rate (share of answers)", cfg.tell_rate, [t for r in bon for t in r["meta"]["tell"]]),
+            _prop("test_bon: P(longest answer has 0 errors) = 1/(max_errors+1)", 1 / k, longest_best),
+            _prop("test_bon: P(0 errors | tell) = 1/(max_errors+1)", 1 / k, best_if_told)]
+
 def measure_world(world: dict, cfg: WorldConfig, seed: int,
                   judge_probe: int = 600, # pairs of train_raw the judge is asked about
                  ) -> list[dict]:
@@ -555,7 +596,7 @@ def measure_world(world: dict, cfg: WorldConfig, seed: int,
     better_longer = lambda r: (len(r["chosen"]) > len(r["rejected"])) == bool(r["gold"])
     groups = [r["group"] for r in raw]
     for g, share in cfg.train_group_shares.items(): checks.append(_prop(f"train_group_shares.{g}", share, [x == g for x in groups]))
-    for split in ("train_oracle", "test_iid", "test_shift", "test_hard"):
+    for split in [s for s in SPLITS if s != "train_raw"] + ["test_bon"]:
         gs = [r["group"] for r in world[split]]
         checks.append(_check(f"{split}: groups balanced (max share − min share)", 0.0,
                              max(gs.count(g) for g in GROUPS) / len(gs) - min(gs.count(g) for g in GROUPS) / len(gs), 0, len(gs), floor=1.01 / len(gs)))
@@ -574,6 +615,7 @@ def measure_world(world: dict, cfg: WorldConfig, seed: int,
     checks.append(_check("image_size", cfg.image_size, float(np.mean([Image.open(p).size[0] for p in imgs])), 0, len(imgs), floor=0.5))
     ex = world["test_expert"]
     checks.append(_check("n_expert", cfg.n_expert, len(ex), 0, len(ex), floor=0.5))
+    checks += _measure_bon(world["test_bon"], cfg)
     checks.append(_check("n_pretrain (two QAs per scene)", cfg.n_pretrain, len(world["pretrain"]) / 2, 0, len(world["pretrain"]), floor=0.5))
     # annotators
     n_labels = [len(r["labels"]) for r in raw]

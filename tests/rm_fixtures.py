@@ -18,7 +18,7 @@ def read_jsonl(p):
 def world(tmp_path_factory):
     from dt2it_mrm.world import WorldConfig, generate_world
     d = tmp_path_factory.mktemp("rmworld") / "world"
-    generate_world(WorldConfig(n_train=40, n_test=12, n_expert=2, n_pretrain=12), d, seed=0, progress=False)
+    generate_world(WorldConfig(n_train=40, n_test=12, n_expert=2, n_pretrain=12, n_neutral=12, n_dev=8, n_bon=2), d, seed=0, progress=False)
     return d
 
 

@@ -143,6 +143,24 @@ def test_length_scorers_count_ties_wrong():
     assert accuracy(pair_margins(TOY, bias.length_scorer(sign=-1))) == 0.2
 
 
+
+def test_shortcut_rule_prefers_a_tell_then_length():
+    rule = bias.shortcut_rule_scorer(["clearly", "surely"])
+    items = [{"image": None, "question": "q", "answer": a} for a in ("clearly no", "a much longer answer", "surely", "ab")]
+    assert rule(items).tolist() == [1e6 + 10, 20, 1e6 + 6, 2]  # a tell outweighs any length; without one, length decides
+    assert rule.needs_images is False
+    assert bias.shortcut_rule_scorer()(items).tolist() == [10, 20, 6, 2]  # no phrases: the length scorer
+    assert bias.shortcut_rule_scorer("clearly")(items).tolist() == bias.shortcut_rule_scorer(["clearly"])(items).tolist()
+
+
+def test_shortcut_rule_solves_the_biased_test_set_but_not_the_neutral_one():
+    cfg = WorldConfig(n_test=400, n_neutral=2000)
+    rule = bias.shortcut_rule_scorer([cfg.tell_phrase])
+    iid = accuracy(pair_margins(make_split(cfg, "test_iid", 0, "img")[0], rule))
+    neutral = accuracy(pair_margins(make_split(cfg, "test_neutral", 0, "img")[0], rule))
+    assert 0.78 < iid < 0.92 and abs(neutral - 0.5) < 0.04, (iid, neutral)
+
+
 # ---------- groups
 def test_group_bias_by_hand():
     m = pair_margins(TOY, bias.length_scorer())  # +, +, −, +, 0

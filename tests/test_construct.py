@@ -10,7 +10,7 @@ from dt2it_mrm.world import WorldConfig, generate_world, load_world, world_judge
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("w")
-    cfg = WorldConfig(n_train=300, n_test=20, n_expert=2, n_pretrain=2)
+    cfg = WorldConfig(n_train=300, n_test=20, n_expert=2, n_pretrain=2, n_neutral=20, n_dev=10, n_bon=2)
     generate_world(cfg, out, seed=3, progress=False)
     return cfg, load_world(out)
 

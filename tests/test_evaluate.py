@@ -1,5 +1,5 @@
 """Tests for dt2it_mrm.evaluate: every metric against hand-computed values, the one-call scoring contract, and the
-benchmark adapters on tiny hand-made files and on the real benchmark files in ../shared/benchmarks/."""
+benchmark adapters on tiny hand-made files and on the real benchmark files vendored in vendor/benchmarks/."""
 import os
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
@@ -12,14 +12,14 @@ import pytest
 from scipy import stats
 
 from dt2it_mrm.data import PrefRecord, PreferenceDataError
-from dt2it_mrm.evaluate import (ImagesMissingError, ScoreCache, acc_plus, accuracy, ece, evaluate_scorer, expert_agreement,
+from dt2it_mrm.evaluate import (ImagesMissingError, ScoreCache, acc_plus, accuracy, best_of_n, ece, evaluate_scorer, expert_agreement,
                                 group_accuracy, kendall_tau_b, length_correlation, macro_accuracy, mm_rlhf_metrics,
                                 mmrb_area, mmrb_category, multimodal_rewardbench_metrics, pair_items, pair_margins,
                                 read_mm_rlhf_rewardbench, read_multimodal_rewardbench, read_vl_rewardbench, score_items,
                                 set_metrics, tie_rate, vl_rewardbench_metrics, vlrb_category)
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT.parent / "shared" / "benchmarks"
+BENCH = ROOT / "vendor" / "benchmarks"
 L3 = math.log(3)  # sigmoid(ln 3) = 0.75
 
 
@@ -110,6 +110,63 @@ def test_expert_agreement_skips_flat_grades_and_scores_constant_as_zero():
     assert ea["pair_accuracy"] == pytest.approx(2 / 3) and ea["n_lists"] == 2 and ea["n_skipped"] == 1
     ec = expert_agreement(lists, lambda items: np.zeros(len(items)))
     assert ec["expert_tau"] == 0.0 and ec["pair_accuracy"] == 0.0 and ec["n_lists"] == 2
+    assert ea["per_list"]["tau"] == pytest.approx([2 / math.sqrt(6), -1.0])  # the scored lists a and c, in order
+    assert ea["per_list"]["pair_right"] == [2, 0] and ea["per_list"]["pair_total"] == [2, 1]
+    assert ec["per_list"] == {"tau": [0.0, 0.0], "pair_right": [0, 0], "pair_total": [2, 1]}
+
+
+# ---------------------------------------------------------------- best of N
+
+def bon_list(i, answers, errors, tell=None, image="x.png"):
+    return dict(id=f"b{i}", images=[image], question=f"q{i}", answers=answers, scores=[-e for e in errors],
+                meta={"errors": errors, **({"tell": tell} if tell is not None else {})})
+
+BON = [bon_list(0, ["aa", "b", "cccc", "ddd"], [0, 1, 3, 2], tell=[False, True, False, False]),
+       bon_list(1, ["eee", "f", "gg", "hhhh"], [2, 0, 1, 3], tell=[True, True, False, False]),
+       bon_list(2, ["ii", "jjj", "k", "llll"], [3, 2, 1, 0], tell=[False, False, False, True])]
+
+def oracle(items):  # grade −errors, looked up by answer
+    err = {a: e for r in BON for a, e in zip(r["answers"], r["meta"]["errors"])}
+    return np.array([-err[it["answer"]] for it in items], dtype=float)
+
+def test_best_of_n_oracle_picks_the_best_of_every_list():
+    b = best_of_n(BON, oracle)
+    assert b["n_lists"] == 3 and b["picked_grade"] == 0.0 == b["best_grade"] and b["picked_is_best"] == 1.0
+    assert b["random_grade"] == -1.5 and b["per_list"]["random"] == [-1.5] * 3 and b["per_list"]["picked"] == [0.0] * 3
+    assert b["per_list"]["picked_length"] == [2, 1, 4] and b["picked_length"] == pytest.approx(7 / 3)
+
+def test_best_of_n_length_scorer_picks_the_longest():
+    b = best_of_n(BON, length)
+    assert b["per_list"]["picked"] == [-3.0, -3.0, 0.0] and b["picked_grade"] == -2.0 and b["picked_is_best"] == pytest.approx(1 / 3)
+    assert b["per_list"]["picked_length"] == [4, 4, 4] and b["picked_length"] == 4.0 and b["mean_length"] == 2.5
+    assert b["picked_tell_share"] == pytest.approx(1 / 3) and b["tell_share"] == pytest.approx((1 / 4 + 2 / 4 + 1 / 4) / 3)
+
+def test_best_of_n_ties_go_to_the_first_answer():
+    b = best_of_n(BON, constant)
+    assert b["per_list"]["picked"] == [0.0, -2.0, -3.0] and b["per_list"]["picked_length"] == [2, 3, 2]
+    assert b["picked_tell_share"] == pytest.approx(1 / 3)
+    top2 = lambda items: np.array([1.0 if len(it["answer"]) >= 3 else 0.0 for it in items])  # ties among the maxima
+    assert best_of_n(BON, top2)["per_list"]["picked_length"] == [4, 3, 3]
+
+def test_best_of_n_scores_each_unique_item_once_and_per_list_lengths_match():
+    dup = BON + [BON[0]]
+    s = Counting(n_chars)
+    b = best_of_n(dup, s)
+    assert len(s.calls) == 1 and len(s.calls[0]) == 12 and b["n_lists"] == 4
+    assert all(len(v) == 4 for v in b["per_list"].values()) and set(b["per_list"]) == {"picked", "random", "best", "picked_length", "mean_length"}
+    no_tell = [bon_list(0, ["a", "bb"], [1, 0])]
+    assert "picked_tell_share" not in best_of_n(no_tell, length) and best_of_n(no_tell, length)["picked_is_best"] == 1.0
+    with pytest.raises(ValueError, match="grade for every answer"): best_of_n([{**no_tell[0], "scores": [0, None]}], length)
+
+def test_best_of_n_on_a_world_bon_set():
+    from dt2it_mrm.world import WorldConfig, make_bon
+    recs, _ = make_bon(WorldConfig(n_bon=40), 0, "img")
+    err = {(r["question"], r["images"][0], a): e for r in recs for a, e in zip(r["answers"], r["meta"]["errors"])}
+    b = best_of_n(recs, lambda items: -np.array([err[(it["question"], it["image"], it["answer"])] for it in items], float))
+    assert b["picked_grade"] == 0.0 and b["picked_is_best"] == 1.0 and b["random_grade"] == -1.5 and b["n_lists"] == 40
+    lb = best_of_n(recs, length)
+    assert lb["picked_length"] == pytest.approx(np.mean([max(map(len, r["answers"])) for r in recs]))
+    assert abs(lb["tell_share"] - 0.3) < 0.08
 
 
 # ---------------------------------------------------------------- length, calibration, image reliance
@@ -163,7 +220,7 @@ def test_evaluate_scorer_whole_dict_one_call():
     assert r["sets"]["test_iid"]["ece"] == pytest.approx(ece(pair_margins(iid, length)))
 
 def test_evaluate_scorer_on_world_test_sets():
-    files = {k: ROOT / "data/world" / f"{k}.jsonl" for k in ("test_iid", "test_shift", "test_hard", "test_expert")}
+    files = {k: ROOT / "data/world/w0" / f"{k}.jsonl" for k in ("test_iid", "test_shift", "test_hard", "test_expert")}
     if not all(p.exists() for p in files.values()): pytest.skip("world data not generated (dvc repro generate)")
     rd = lambda p: [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
     data = {k: rd(p) for k, p in files.items()}
@@ -302,7 +359,7 @@ def test_multimodal_rewardbench_bad_label(tmp_path):
 
 def bench(name):
     p = BENCH / name
-    if not p.exists(): pytest.skip(f"{p} absent (the real benchmark text lives in ../shared/benchmarks/)")
+    if not p.exists(): pytest.skip(f"{p} absent (the real benchmark text is vendored in vendor/benchmarks/)")
     return p
 
 def test_real_vl_rewardbench_counts_and_length_scorer():

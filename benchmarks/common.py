@@ -1,8 +1,9 @@
-"""What the reward-model benchmarks share: the study's params, its test sets, and one reward model trained and measured."""
+"""What the reward-model benchmarks share: the study's params, the first world's dev split and test sets, and one reward model
+trained and measured. Every choice a benchmark makes (a sweep's best setting) is made on `dev`; test sets are only reported."""
 import tempfile, time
 from pathlib import Path
 
-from dt2it_mrm.core import load_params, set_offline
+from dt2it_mrm.core import for_world, load_params, set_offline, world_name
 from dt2it_mrm.data import read_preferences
 from dt2it_mrm.evaluate import accuracy, group_accuracy, pair_margins
 from dt2it_mrm.reward_model import RMConfig, train_reward_model
@@ -14,10 +15,15 @@ def read_pairs(path) -> list[dict]:
     return [r.to_dict() for r in read_preferences(path, on_error="raise")[0]]
 
 
-def study_setup() -> tuple[dict, str, dict]:
-    "Offline mode on; the study's params, its base model and its test sets by name."
-    set_offline(); params = load_params()
-    tests = {k: read_pairs(Path(params["generate"]["out_dir"]) / f"{k}.jsonl") for k in params["evaluate"]["test_sets"]}
+def world_dir(params: dict, world: int | None = None) -> Path:
+    "The folder of world `world` (default: the study's first world)."
+    return Path(for_world(params["generate"]["out_dir"], world_name(params["base"]["worlds"][0] if world is None else world)))
+
+
+def study_setup(world: int | None = None) -> tuple[dict, str, dict]:
+    "Offline mode on; the study's params, its base model, and the dev split then the test sets of one world, by name."
+    set_offline(); params = load_params(); d = world_dir(params, world)
+    tests = {k: read_pairs(d / f"{k}.jsonl") for k in ["dev", *params["evaluate"]["test_sets"]]}
     return params, params["base"]["model"], tests
 
 

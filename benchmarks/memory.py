@@ -58,7 +58,7 @@ def worker(mode: str, base: str, data: str, n_pairs: int, grad_ckpt: bool):
 
 def build(path: Path, family: str, hidden: int, layers: int, heads: int) -> int:
     from dt2it_mrm.vlm import build_base, save_base, train_tokenizer, world_texts
-    tok = train_tokenizer(world_texts([ROOT / "data/world/pretrain.jsonl"]))
+    tok = train_tokenizer(world_texts([ROOT / "data/world/w0/pretrain.jsonl"]))
     m, p = build_base(family, tok, seed=0, hidden=hidden, layers=layers, heads=heads, vision_hidden=64, vision_layers=2)
     n = sum(x.numel() for x in m.parameters()); save_base(m, p, path)
     return n
@@ -69,7 +69,7 @@ def main():
     ap.add_argument("--family", default="qwen3_vl"); ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=16); ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--pairs", type=int, default=1)
-    ap.add_argument("--no_grad_ckpt", action="store_true", help="keep activations (by default both modes checkpoint them)"); ap.add_argument("--data", default="data/world/train_oracle.jsonl")
+    ap.add_argument("--no_grad_ckpt", action="store_true", help="keep activations (by default both modes checkpoint them)"); ap.add_argument("--data", default="data/world/w0/train_oracle.jsonl")
     ap.add_argument("--out", default="reports/bench/memory.json")
     ap.add_argument("--worker", nargs=2, metavar=("MODE", "BASE"))
     a = ap.parse_args()

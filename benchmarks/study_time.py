@@ -1,5 +1,7 @@
 """Where the default study's time goes: the duration of every executed stage notebook (papermill's own record in
-reports/stages/*.ipynb), their sum, and the span from the first start to the last end. Writes reports/bench/study_time.json.
+reports/stages/**/*.ipynb, one per world for a stage fanned out over the replicate worlds), their sum, and the span
+from the first start to the last end. Worlds run in parallel processes, so the sum can exceed the span. Writes
+reports/bench/study_time.json.
 
 The sum is the study's compute on this machine; a whole `dvc repro` adds DVC's hashing and each stage's process start
 (a few seconds a stage). When every stage ran in one `dvc repro`, the span is that run's wall time.
@@ -18,15 +20,15 @@ def main():
     ap.add_argument("--stages", default="reports/stages"); ap.add_argument("--out", default="reports/bench/study_time.json")
     a = ap.parse_args()
     rows = {}
-    for p in sorted(Path(a.stages).glob("*.ipynb")):
+    for p in sorted(Path(a.stages).glob("**/*.ipynb")):
         pm = json.loads(p.read_text(encoding="utf-8"))["metadata"].get("papermill", {})
         if pm.get("duration") is None: raise ValueError(f"{p}: no papermill duration (was it executed by dt2it-stage?)")
-        rows[p.stem] = {"s": pm["duration"], "start": pm["start_time"], "end": pm["end_time"]}
+        rows[p.relative_to(a.stages).with_suffix("").as_posix()] = {"s": pm["duration"], "start": pm["start_time"], "end": pm["end_time"]}
     t = lambda s: datetime.fromisoformat(s)
     span = (max(t(r["end"]) for r in rows.values()) - min(t(r["start"]) for r in rows.values())).total_seconds()
     by_kind = {}
     for name, r in rows.items():
-        k = name.split("_")[0] if name.startswith(("train_", "evaluate_", "curate_")) else name
+        k = name.split("/")[0]; k = k.split("_")[0] if k.startswith(("train_", "evaluate_", "curate_")) else k
         by_kind[k] = by_kind.get(k, 0.0) + r["s"]
     out = {"stages": len(rows), "sum_s": sum(r["s"] for r in rows.values()), "span_s": span, "by_kind_s": by_kind,
            "cpus": os.cpu_count(), "per_stage": rows}

@@ -7,7 +7,7 @@ kept apart (`merge=False`), so the share of the gain that folding brings is on r
 modest), and a fresh reward model on a random base of at least 100M parameters (the memory benchmark's config), closer to
 a real VLM. Both paths must give the same scores.
 
-    .venv/bin/python benchmarks/throughput.py [--model data/models/oracle] [--data data/world/test_iid.jsonl] [--n 200]
+    .venv/bin/python benchmarks/throughput.py [--model data/models/oracle/w0] [--data data/world/w0/test_iid.jsonl] [--n 200]
 """
 import argparse, json, platform, sys, tempfile, time
 from pathlib import Path
@@ -43,7 +43,7 @@ def compare(rm, items, batch_size: int, repeats: int = 3) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="data/models/oracle"); ap.add_argument("--data", default="data/world/test_iid.jsonl")
+    ap.add_argument("--model", default="data/models/oracle/w0"); ap.add_argument("--data", default="data/world/w0/test_iid.jsonl")
     ap.add_argument("--n", type=int, default=200, help="pairs (2 items each) for the study's model")
     ap.add_argument("--n_large", type=int, default=12, help="pairs for the >=100M-parameter model")
     ap.add_argument("--batch_size", type=int, default=32); ap.add_argument("--out", default="reports/bench/throughput.json")

@@ -12,9 +12,9 @@ import numpy as np
 import yaml
 
 # %% auto #0
-__all__ = ['ROOT_MARKERS', 'OFFLINE_ENV', 'project_root', 'stable_hash', 'rng', 'seed_everything', 'atomic_write', 'to_jsonable',
-           'write_json', 'read_json', 'write_jsonl', 'load_params', 'get_param', 'stage_params', 'set_offline',
-           'scrub_paths', 'run_stage', 'main']
+__all__ = ['ROOT_MARKERS', 'OFFLINE_ENV', 'WORLD_FIELD', 'RUNNER_PARAMS', 'project_root', 'stable_hash', 'rng', 'seed_everything',
+           'atomic_write', 'to_jsonable', 'write_json', 'read_json', 'write_jsonl', 'load_params', 'get_param',
+           'stage_params', 'set_offline', 'scrub_paths', 'world_name', 'for_world', 'world_runs', 'run_stage', 'main']
 
 # %% ../nbs/00_core.ipynb #09011fd1
 ROOT_MARKERS = ("params.yaml", "settings.ini")
@@ -143,39 +143,109 @@ def scrub_paths(path: str | Path, # a JSON file (an executed notebook)
     if root in text: atomic_write(path, text.replace(root + "/", "").replace(root, "."))
     return path
 
+
+# %% ../nbs/00_core.ipynb #436334e5
+WORLD_FIELD = "{world}"
+
+def world_name(seed: int) -> str:
+    "The name of the replicate world with seed `seed` (`w0`, `w1`, ...): its folder name under every world-split path."
+    return f"w{int(seed)}"
+
+def for_world(value: Any, # a param value: strings, lists and dicts are searched
+              name: str,  # the world's name, e.g. `w1`
+             ) -> Any:
+    "`value` with every `{world}` in its strings replaced by `name`."
+    if isinstance(value, str): return value.replace(WORLD_FIELD, name)
+    if isinstance(value, dict): return {k: for_world(v, name) for k, v in value.items()}
+    if isinstance(value, list): return [for_world(v, name) for v in value]
+    return value
+
+def world_runs(params: dict,            # the stage's params, with `worlds` (seeds) among them
+               n_worlds: int | str | None = None, # keep the first `n_worlds` worlds; None or "all": every world
+              ) -> list[tuple[str, dict]]:
+    "(world name, notebook params) of each run of a fanned-out stage."
+    seeds = params.pop("worlds")
+    if not isinstance(seeds, list) or not seeds or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"base.worlds must be a non-empty list of distinct integer seeds, got {seeds!r}")
+    if n_worlds not in (None, "all"):
+        if type(n_worlds) is not int or not 1 <= n_worlds <= len(seeds): raise ValueError(f"n_worlds must be 'all' or 1..{len(seeds)}, got {n_worlds!r}")
+        seeds = seeds[:n_worlds]
+    if "seed" in params: raise ValueError("a stage fanned out over base.worlds takes its seed from the world; do not also declare base.seed")
+    return [(world_name(s), {**for_world(params, world_name(s)), "seed": s}) for s in seeds]
+
+
+# %% ../nbs/00_core.ipynb #5984bbd1
+RUNNER_PARAMS = ("worlds", "repro")  # filled in or consumed by the runner; a notebook never sees them
+
+def _execute(nb: str, out: str, params: dict, kernel: str, root: str, env: dict, progress: bool) -> str:
+    "Run one notebook with papermill in this process's environment plus `env` (a process-pool job)."
+    import papermill as pm
+    os.environ.update(env); os.environ.pop("MPLBACKEND", None)  # a forced non-GUI backend would keep figures out of the executed notebook
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(nb, out, parameters=params, kernel_name=kernel, cwd=root, log_output=False, progress_bar=progress)
+    return str(scrub_paths(out, root))  # papermill records absolute paths; the executed copy is committed
+
+def _workers(root: Path, workers: int | None) -> int:
+    "Parallel worlds: `workers`, else $DT2IT_WORKERS, else `base.workers` of params.yaml, else 1 (scheduling only)."
+    w = workers or os.environ.get("DT2IT_WORKERS") or (load_params(root / "params.yaml").get("base") or {}).get("workers") or 1
+    if int(w) < 1: raise ValueError(f"workers must be at least 1, got {w!r}")
+    return int(w)
+
 def run_stage(stage: str,                  # stage name in dvc.yaml, e.g. `generate` or `train@1`
               notebook: str | Path | None = None, # default: nbs/stages/<stage without @...>.ipynb
-              output: str | Path | None = None,   # default: reports/stages/<stage with @ as _>.ipynb
-              extra: dict | None = None,   # parameters that are not in params.yaml (e.g. a foreach item)
+              output: str | Path | None = None,   # default: reports/stages/<stage with @ as _>.ipynb, or that folder/<world>.ipynb per world
+              extra: dict | None = None,   # parameters that are not in params.yaml (e.g. a foreach item); `n_worlds` is the runner's
               kernel: str = "dt2it_mrm",   # Jupyter kernel registered by `make setup`
               root: str | Path | None = None,
-             ) -> Path:
-    "Execute the stage notebook with papermill, with exactly the params the stage declares in dvc.yaml."
+              workers: int | None = None,  # worlds run at once (see `_workers`)
+             ) -> list[Path]:
+    "Execute the stage notebook with papermill, with exactly the params the stage declares in dvc.yaml, once per world if it declares `base.worlds`."
     import papermill as pm
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
     root = project_root(root); base = stage.split("@")[0]
     nb = root / (notebook or f"nbs/stages/{base}.ipynb")
     out = root / (output or f"reports/stages/{stage.replace('@', '_')}.ipynb")
     params = stage_params(stage, root / "dvc.yaml", root / "params.yaml")
-    clash = set(params) & set(extra or {})
+    extra = dict(extra or {}); n_worlds = extra.pop("n_worlds", None)
+    clash = set(params) & set(extra)
     if clash: raise ValueError(f"extra parameters {sorted(clash)} are already declared params of stage {base!r}")
-    params.update(extra or {})
+    params.update(extra)
+    repro, env = params.pop("repro", None) or {}, dict(OFFLINE_ENV)
+    if repro:
+        from dt2it_mrm.repro import pinned_env
+        env |= pinned_env(repro.get("isa"), int(repro.get("threads", 1)))
+    runs = world_runs(params, n_worlds) if "worlds" in params else [(None, params)]
     in_nb = set(pm.inspect_notebook(str(nb)))
-    if set(params) != in_nb:
+    filled = {"seed", "world_id"} if runs[0][0] else set()
+    got = set(runs[0][1]) | (filled & in_nb)
+    if got != in_nb:
         raise ValueError(f"{nb.relative_to(root)}: the parameters cell and dvc.yaml disagree. "
-                         f"Declared but not in the cell: {sorted(set(params) - in_nb)}; "
-                         f"in the cell but not declared: {sorted(in_nb - set(params))}")
-    set_offline(); out.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.pop("MPLBACKEND", None)  # a forced non-GUI backend would keep figures out of the executed notebook
-    pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel, cwd=str(root), log_output=False)
-    return scrub_paths(out, root)  # papermill records absolute paths; the executed copy is committed
+                         f"Declared but not in the cell: {sorted(got - in_nb)}; "
+                         f"in the cell but not declared: {sorted(in_nb - got)}")
+    jobs = [(str(nb), str(out if w is None else out.with_suffix("") / f"{w}.ipynb"),
+             {**p, **({"world_id": w} if w and "world_id" in in_nb else {})}, kernel, str(root), env) for w, p in runs]
+    set_offline()
+    if len(jobs) == 1: return [Path(_execute(*jobs[0], progress=True))]
+    n = min(_workers(root, workers), len(jobs))
+    print(f"{stage}: {len(jobs)} worlds ({', '.join(w for w, _ in runs)}) in {n} parallel process(es)", flush=True)
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+        futs = [pool.submit(_execute, *j, progress=False) for j in jobs]
+        done, errors = [], []
+        for (w, _), f in zip(runs, futs):
+            try: done.append(Path(f.result())); print(f"{stage}: {w} done", flush=True)
+            except Exception as e: errors.append(f"{w}: {type(e).__name__}: {e}")
+    if errors: raise RuntimeError(f"stage {stage} failed in {len(errors)} of {len(jobs)} worlds:\n" + "\n".join(errors))
+    return done
 
 def _yaml_value(s: str) -> Any: return yaml.safe_load(s)
 
 def main(argv: list[str] | None = None):
-    "Command line: `dt2it-stage STAGE [--nb NB] [--out OUT] [-p KEY VALUE ...]`."
+    "Command line: `dt2it-stage STAGE [--nb NB] [--out OUT] [--workers N] [-p KEY VALUE ...]`."
     ap = argparse.ArgumentParser(prog="dt2it-stage", description=run_stage.__doc__)
     ap.add_argument("stage"); ap.add_argument("--nb"); ap.add_argument("--out")
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="an extra parameter (YAML value)")
-    ap.add_argument("--kernel", default="dt2it_mrm")
+    ap.add_argument("--kernel", default="dt2it_mrm"); ap.add_argument("--workers", type=int)
     a = ap.parse_args(argv)
-    run_stage(a.stage, a.nb, a.out, {k: _yaml_value(v) for k, v in a.p}, kernel=a.kernel)
+    run_stage(a.stage, a.nb, a.out, {k: _yaml_value(v) for k, v in a.p}, kernel=a.kernel, workers=a.workers)
+

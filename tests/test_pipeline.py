@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dt2it_mrm.core import run_stage, stage_params
+from dt2it_mrm.core import run_stage, stage_params, world_name, world_runs
 
 BIN = Path(sys.executable).parent
 
@@ -18,20 +18,75 @@ BIN = Path(sys.executable).parent
 def test_generate_declares_exactly_its_notebook_parameters(root):
     import papermill as pm
     declared = stage_params("generate", root / "dvc.yaml", root / "params.yaml")
-    assert set(declared) == set(pm.inspect_notebook(str(root / "nbs/stages/generate.ipynb")))
-    assert declared["out_dir"] == "data/world" and "seed" in declared
+    runs = world_runs({k: v for k, v in declared.items() if k != "repro"})
+    assert [w for w, _ in runs] == [world_name(s) for s in declared["worlds"]] and len(runs) >= 3
+    assert set(runs[0][1]) == set(pm.inspect_notebook(str(root / "nbs/stages/generate.ipynb")))
+    assert runs[1][1]["out_dir"] == f"data/world/{runs[1][0]}" and runs[1][1]["seed"] == declared["worlds"][1]
+
+
+def _notebook(stage: dict, name: str) -> str:
+    m = re.search(r"--nb\s+(\S+)", stage.get("do", stage)["cmd"])
+    return m.group(1) if m else f"nbs/stages/{name}.ipynb"
 
 
 def test_every_stage_notebook_matches_its_declared_params(root):
     import papermill as pm
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     for name in stages:
-        nb = root / f"nbs/stages/{name}.ipynb"
+        nb = root / _notebook(stages[name], name)
         assert nb.exists(), f"stage {name} has no notebook {nb}"
         cmd = stages[name].get("do", stages[name])["cmd"]
-        # a foreach item's values reach the notebook as `-p NAME VALUE` extras on the command line
-        extra = set(re.findall(r"-p\s+(\w+)", cmd))
-        assert set(stage_params(name, root / "dvc.yaml", root / "params.yaml")) | extra == set(pm.inspect_notebook(str(nb))), name
+        # a foreach item's values reach the notebook as `-p NAME VALUE` extras; the runner consumes n_worlds and base.repro,
+        # and fills `seed` (and `world_id`) of a stage fanned out over base.worlds
+        extra = set(re.findall(r"-p\s+(\w+)", cmd)) - {"n_worlds"}
+        declared = set(stage_params(name, root / "dvc.yaml", root / "params.yaml")) - {"repro"}
+        filled = {"seed", "world_id"} if "worlds" in declared else set()
+        got = (declared - {"worlds"}) | extra
+        cell = set(pm.inspect_notebook(str(nb)))
+        assert got == cell - filled, (name, got ^ (cell - filled))
+        assert "seed" in cell or "worlds" not in declared, name
+
+
+def test_every_world_path_in_params_lies_in_a_declared_dependency_or_output(root):
+    "A `{world}` path cannot be interpolated into dvc.yaml, so its folder must be declared there by hand."
+    from dt2it_mrm.core import get_param
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    def strings(v):
+        if isinstance(v, str): yield v
+        elif isinstance(v, dict): yield from (s for x in v.values() for s in strings(x))
+        elif isinstance(v, list): yield from (s for x in v for s in strings(x))
+    def resolve(text, key, item):
+        text = text.replace("${key}", str(key))
+        text = re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), text)
+        return re.sub(r"\$\{([\w.]+)\}", lambda m: str(get_param(params, m.group(1))), text)
+    checked = 0
+    for name, st in stages.items():
+        d = st.get("do", st)
+        items = get_param(params, st["foreach"][2:-1]).items() if "foreach" in st else [(None, {})]
+        declared = stage_params(name, root / "dvc.yaml", root / "params.yaml")
+        for key, item in items:
+            folders = [resolve(str(x if isinstance(x, str) else next(iter(x))), key, item) for x in (d.get("deps") or []) + (d.get("outs") or [])]
+            used = {k: v for k, v in item.items() if f"${{item.{k}}}" in d["cmd"]}  # the item fields the stage reads
+            for p in [p for p in [*strings(declared), *strings(used)] if "{world}" in p]:
+                head = p.split("{world}")[0].rstrip("/")
+                assert any(head == f or head.startswith(f + "/") for f in folders), (name, key, p, folders)
+                checked += 1
+    assert checked > 20
+
+def test_a_stage_fans_out_over_worlds_in_parallel_with_pinned_kernels(tmp_path):
+    "Two worlds, two processes: each run gets its world's seed and paths, and the pinned thread count."
+    (tmp_path / "settings.ini").write_text("[DEFAULT]\n")
+    (tmp_path / "params.yaml").write_text("base: {worlds: [3, 5], repro: {isa: null, threads: 1}}\ns: {out: 'o/{world}.txt'}\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: x\n    params:\n    - base.worlds\n    - base.repro\n    - s\n")
+    nb = tmp_path / "nbs/stages/s.ipynb"; nb.parent.mkdir(parents=True)
+    par = {"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]}, "source": "seed = 0\nworld_id = 'w0'\nout = ''\n", "outputs": [], "execution_count": None}
+    body = {"cell_type": "code", "id": "b", "metadata": {}, "outputs": [], "execution_count": None,
+            "source": "import os, pathlib\np = pathlib.Path(out); p.parent.mkdir(exist_ok=True)\np.write_text(f'{seed} {world_id} {os.environ[\"OMP_NUM_THREADS\"]}')\n"}
+    nb.write_text(json.dumps({"cells": [par, body], "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}))
+    done = run_stage("s", root=tmp_path, kernel="python3", workers=2)
+    assert sorted(p.name for p in done) == ["w3.ipynb", "w5.ipynb"] and all(p.parent.name == "s" for p in done)
+    assert (tmp_path / "o/w3.txt").read_text() == "3 w3 1" and (tmp_path / "o/w5.txt").read_text() == "5 w5 1"
 
 
 def test_runner_refuses_undeclared_parameters(tmp_path):
@@ -56,13 +111,11 @@ def _fresh_copy(root: Path, dest: Path) -> Path:
 
 def _tiny_copy(root: Path, tmp_path: Path, timeout: int, judge_probe: int, **world):
     "A fresh copy on a tiny world: its folder, its params, `run(*dvc_args)` and `ran(result)` (the stages a run ran)."
-    bench = root.parent / "shared" / "benchmarks"
-    if not (bench / "vl_rewardbench.jsonl").exists(): pytest.skip(f"no benchmark text at {bench}")
     d = _fresh_copy(root, tmp_path / "repo")
     params = yaml.safe_load((d / "params.yaml").read_text())
+    params["base"]["worlds"] = [0, 1]
     params["generate"]["world"].update(world)
-    params["bias_audit"].update(folds=2, judge_probe=judge_probe,
-                                benchmarks={k: str(bench / Path(v).name) for k, v in params["bias_audit"]["benchmarks"].items()})
+    params["bias_audit"].update(folds=2, judge_probe=judge_probe)
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
     run = lambda *a: subprocess.run([str(BIN / "dvc"), *a], cwd=d, env=env, capture_output=True, text=True, timeout=timeout)
     ran = lambda r: {line.split("'")[1] for line in r.stdout.splitlines() if line.startswith("Running stage '")}
@@ -74,14 +127,16 @@ def _write(d: Path, params: dict):
 
 
 def test_pipeline_in_a_fresh_copy_reruns_only_what_changed(root, tmp_path):
-    d, params, run, ran = _tiny_copy(root, tmp_path, 600, 100, n_train=300, n_test=40, n_expert=4, n_pretrain=10)
+    d, params, run, ran = _tiny_copy(root, tmp_path, 600, 100, **TINY_WORLD, n_train=300, n_test=40)
     _write(d, params)
     r = run("repro", "construct")
     assert r.returncode == 0, r.stdout + r.stderr
     assert ran(r) == {"generate", "bias_audit", "construct"}
-    stats = json.loads((d / "reports/world/stats.json").read_text())
-    assert stats["all_ok"] and stats["counts"]["train_raw"] == 300
-    assert (d / "reports/stages/generate.ipynb").exists() and (d / "data/construct/train.jsonl").exists()
+    for w in ("w0", "w1"):  # both replicate worlds, each with its own executed notebook
+        stats = json.loads((d / f"reports/world/{w}/stats.json").read_text())
+        assert stats["all_ok"] and stats["counts"]["train_raw"] == 300
+        assert (d / f"reports/stages/generate/{w}.ipynb").exists() and (d / f"data/construct/{w}/train.jsonl").exists()
+    assert (d / "data/world/w0/train_raw.jsonl").read_text() != (d / "data/world/w1/train_raw.jsonl").read_text()
     again = run("repro", "construct")
     assert again.returncode == 0 and ran(again) == set()  # nothing changed: nothing runs
     params["construct"]["ds_confidence"] = 0.9
@@ -90,31 +145,35 @@ def test_pipeline_in_a_fresh_copy_reruns_only_what_changed(root, tmp_path):
     assert changed.returncode == 0 and ran(changed) == {"construct"}  # only the stage whose params changed
 
 
-STUDY = ("generate", "bias_audit", "construct", "pretrain_base", "train", "curate", "evaluate", "report")
+STUDY = ("generate", "bias_audit", "construct", "pretrain_base", "train", "curate", "evaluate", "evaluate_rule", "report")
+TINY_WORLD = dict(n_expert=4, n_pretrain=10, n_neutral=40, n_dev=20, n_bon=4)
 
 
 def test_the_whole_study_runs_on_a_tiny_world_and_a_loop_param_reruns_only_what_follows(root, tmp_path):
-    d, params, run, ran = _tiny_copy(root, tmp_path, 900, 60, n_train=120, n_test=24, n_expert=4, n_pretrain=40)
+    d, params, run, ran = _tiny_copy(root, tmp_path, 900, 60, **{**TINY_WORLD, "n_pretrain": 40}, n_train=120, n_test=24)
     params["pretrain_base"]["arch"].update(hidden=32, heads=2, vision_hidden=32, vision_layers=1)
     params["pretrain_base"]["pretrain"].update(epochs=1, val_images=4, eval_every=1000)
     params["pretrain_base"]["min_seeing_gap"] = -1.0  # one epoch on 40 scenes cannot learn to see
     params["train"]["rm"].update(lora_r=4, epochs=1, batch_size=8)
     arms = params["train"]["arms"]
     params["train"]["arms"] = {"oracle": arms["oracle"], "baseline": arms["baseline"] | {"ensemble": 2},
-                               "debiased": arms["debiased"], "iter1": arms["iter1"]}
+                               "debiased": arms["debiased"], "iter1": arms["iter1"], "labels_only": arms["labels_only"]}
+    params["report"]["n_boot"] = 200
     params["curate"]["iterations"] = {"iter1": params["curate"]["iterations"]["iter1"]}
     _write(d, params)
     r = run("repro")
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-5000:]
     assert {s.split("@")[0] for s in ran(r)} == set(STUDY)
     study = json.loads((d / "reports/metrics/study.json").read_text())
-    assert {"oracle", "baseline", "debiased", "iter1", "baseline@seed0", "baseline@seed1"} <= set(study["arms"])
-    assert study["curation"]["iter1"]["n_in"] > 0 and "## The brief's claims" in (d / "reports/results.md").read_text()
+    assert set(study["summary"]) == {"oracle", "baseline", "debiased", "iter1", "labels_only"} and set(study["rules"]) == {"shortcut_rule", "longer"}
+    assert study["summary"]["iter1"]["worlds"] == 2 and study["summary"]["labels_only"]["worlds"] == 1  # an ablation arm runs on one world
+    assert study["claims"]["worlds"] == 2 and study["claims"]["accuracy"]["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+    assert all(study["curation"]["iter1"][w]["n_in"] > 0 for w in ("w0", "w1")) and "## The brief's claims" in (d / "reports/results.md").read_text()
     assert ran(run("repro")) == set()
-    curated = (d / "data/curate/iter1/train.jsonl").read_bytes()
+    curated = (d / "data/curate/iter1/w0/train.jsonl").read_bytes()
     params["curate"]["loop"]["flip_share"] = 1.0  # flip every pair the ensemble rejects
     _write(d, params)
     changed = run("repro")
     assert changed.returncode == 0, changed.stdout[-5000:] + changed.stderr[-5000:]
-    assert (d / "data/curate/iter1/train.jsonl").read_bytes() != curated
+    assert (d / "data/curate/iter1/w0/train.jsonl").read_bytes() != curated
     assert ran(changed) == {"curate@iter1", "train@iter1", "evaluate@iter1", "report"}  # nothing upstream, nothing beside

@@ -150,7 +150,7 @@ TINY_WORLD = dict(n_expert=4, n_pretrain=10, n_neutral=40, n_dev=20, n_bon=4)
 
 
 def test_the_whole_study_runs_on_a_tiny_world_and_a_loop_param_reruns_only_what_follows(root, tmp_path):
-    d, params, run, ran = _tiny_copy(root, tmp_path, 900, 60, **{**TINY_WORLD, "n_pretrain": 40}, n_train=120, n_test=24)
+    d, params, run, ran = _tiny_copy(root, tmp_path, 1500, 60, **{**TINY_WORLD, "n_pretrain": 40}, n_train=120, n_test=24)
     params["pretrain_base"]["arch"].update(hidden=32, heads=2, vision_hidden=32, vision_layers=1)
     params["pretrain_base"]["pretrain"].update(epochs=1, val_images=4, eval_every=1000)
     params["pretrain_base"]["min_seeing_gap"] = -1.0  # one epoch on 40 scenes cannot learn to see

@@ -84,17 +84,18 @@ def gain_ci(scores: dict, arm: str, ref: str, test_set: str, n_boot: int = 2000,
 def ratio_ci(scores: dict, arms: Sequence[str], test_set: str,
              per_arm: Callable,  # (world dict, arm) -> that arm's statistic in the world
              combine: Callable,  # vector of across-world means (in `arms` order) -> the ratio
-             n_boot: int = 2000, seed: int = 0) -> dict:
+             n_boot: int = 2000, seed: int = 0,
+             bias_correct: bool = False) -> dict:
     "A ratio of across-world means of per-arm statistics, with its interval."
     return paired_bootstrap(pair_worlds(scores, arms, test_set), lambda d: np.array([per_arm(d, a) for a in arms]),
-                            combine=combine, n_boot=n_boot, seed=seed)
+                            combine=combine, n_boot=n_boot, seed=seed, bias_correct=bias_correct)
 
 # %% ../nbs/09_report.ipynb #361eb060
 def fairness_ci(scores: dict, arm: str, test_set: str, n_boot: int = 2000, seed: int = 0) -> dict:
-    "Gap and worst group of `arm` on `test_set` with intervals, and the gap expected for equal groups."
+    "Gap and worst group of `arm` on `test_set` with bias-corrected intervals, and the gap expected for equal groups."
     pw = pair_worlds(scores, [arm], test_set)
-    gap = paired_bootstrap(pw, group_gap_of(arm, "group"), n_boot=n_boot, seed=seed)
-    worst = paired_bootstrap(pw, worst_group_of(arm, "group"), n_boot=n_boot, seed=seed)
+    gap = paired_bootstrap(pw, group_gap_of(arm, "group"), n_boot=n_boot, seed=seed, bias_correct=True)
+    worst = paired_bootstrap(pw, worst_group_of(arm, "group"), n_boot=n_boot, seed=seed, bias_correct=True)
     sizes = [int(np.sum(pw[0]["group"] == g)) for g in sorted(set(pw[0]["group"]))]
     acc = float(np.mean([d[arm].mean() for d in pw]))
     return {"gap": gap, "worst_group": worst, "null_gap": null_gap(sizes, acc, seed=seed)}
@@ -159,7 +160,8 @@ def claims(scores: dict,                 # arm -> world -> scores
     out["accuracy"] = {"claim": "+8 to +12 points", "gain_points": ci(g, 100), "verdict": verdict(100 * g["low"], 100 * g["high"], th["accuracy_points"]),
                        "baseline": ci(accuracy_ci(scores, "baseline", primary, n_boot, seed)), "final": ci(accuracy_ci(scores, final, primary, n_boot, seed)),
                        "other_sets_points": {s: ci(gain_ci(scores, final, "baseline", s, n_boot, seed), 100) for s in (hard, shift)}}
-    red = ratio_ci(scores, ["baseline", final], primary, lambda d, a: group_gap_of(a, "group")(d), lambda v: (v[0] - v[1]) / v[0] if v[0] else math.nan, n_boot, seed)
+    red = ratio_ci(scores, ["baseline", final], primary, lambda d, a: group_gap_of(a, "group")(d), lambda v: (v[0] - v[1]) / v[0] if v[0] else math.nan, n_boot, seed,
+                  bias_correct=True)
     fb, ff = fairness_ci(scores, "baseline", primary, n_boot, seed), fairness_ci(scores, final, primary, n_boot, seed)
     out["fairness"] = {"claim": "gap about 40% narrower", "reduction": ci(red), "verdict": verdict(red["low"], red["high"], th["fairness_reduction"]),
                        "baseline_gap": ci(fb["gap"]), "final_gap": ci(ff["gap"]), "null_gap": ff["null_gap"],

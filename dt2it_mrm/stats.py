@@ -121,6 +121,7 @@ def paired_bootstrap(per_world: Sequence[dict], # one dict per world: name -> 1-
                      n_boot: int = 2000,   # bootstrap replicates
                      seed: int = 0,        # seed of `np.random.default_rng`
                      level: float = 0.95,  # coverage of the percentile interval
+                     bias_correct: bool = False, # shift the interval by the bootstrap bias (for biased stats such as max − min)
                     ) -> dict:
     "Estimate and percentile interval of `combine(mean over worlds of stat)`, resampling worlds, then items within each drawn world."
     worlds = [_world(w, i) for i, w in enumerate(per_world)]
@@ -149,7 +150,10 @@ def paired_bootstrap(per_world: Sequence[dict], # one dict per world: name -> 1-
     ok = reps[~np.isnan(reps)]
     q = (1 - level) / 2
     low, high = (float(x) for x in np.quantile(ok, [q, 1 - q])) if ok.size else (math.nan, math.nan)
+    bias = float(ok.mean() - estimate) if ok.size else math.nan
+    if bias_correct: low, high = low - bias, high - bias
     return {"estimate": estimate, "low": low, "high": high, "level": level, "n_boot": n_boot, "n_nan": int(n_boot - ok.size),
+            "bias": bias, "bias_corrected": bias_correct,
             "n_worlds": n_w, "n_items": n_items, "per_world": [float(v) if v.ndim == 0 else v.tolist() for v in full]}
 
 # %% ../nbs/08b_stats.ipynb #56cc5191

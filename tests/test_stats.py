@@ -32,7 +32,8 @@ def test_same_seed_same_result(stat):
     r1, r2 = paired_bootstrap(study(), stat, n_boot=300, seed=7), paired_bootstrap(study(), stat, n_boot=300, seed=7)
     assert r1 == r2
     assert paired_bootstrap(study(), stat, n_boot=300, seed=8) != r1
-    assert set(r1) == {"estimate", "low", "high", "level", "n_boot", "n_nan", "n_worlds", "n_items", "per_world"}
+    assert set(r1) == {"estimate", "low", "high", "level", "n_boot", "n_nan", "bias", "bias_corrected", "n_worlds", "n_items",
+                       "per_world"}
     assert r1["n_worlds"] == 3 and r1["n_items"] == [500] * 3 and r1["n_boot"] == 300 and r1["n_nan"] == 0
 
 
@@ -51,6 +52,15 @@ def test_estimate_is_mean_over_worlds_of_full_stat():
     assert r["per_world"] == [float(np.mean(w["a"])) for w in s]
     assert r["estimate"] == pytest.approx(np.mean(r["per_world"]), abs=1e-15)
     assert r["low"] <= r["estimate"] <= r["high"]
+
+
+def test_bias_correction_shifts_the_interval_by_the_bootstrap_bias():
+    s = study(4)
+    raw, fixed = (paired_bootstrap(s, group_gap_of("a", "group"), n_boot=400, seed=5, bias_correct=b) for b in (False, True))
+    assert not raw["bias_corrected"] and fixed["bias_corrected"] and raw["bias"] == fixed["bias"]
+    assert raw["bias"] > 0  # max - min of noisy group means is biased upward
+    assert fixed["estimate"] == raw["estimate"]
+    assert fixed["low"] == pytest.approx(raw["low"] - raw["bias"]) and fixed["high"] == pytest.approx(raw["high"] - raw["bias"])
 
 
 def test_fast_enough():

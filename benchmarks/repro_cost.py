@@ -6,7 +6,9 @@ the study's base sizes, RMConfig defaults but two epochs), each in a fresh proce
 - `pinned_1t`, `pinned_2t`: `pinned_env("avx2", threads)` + `apply_pins`;
 - `pinned_1t_mkl_compatible`: as `pinned_1t` with MKL's COMPATIBLE branch (the only one MKL documents as giving the same
   bits on Intel and non-Intel CPUs);
-- `pinned_1t_x2`: two `pinned_1t` processes at the same time (throughput of 2 workers on this machine).
+- `pinned_1t_x2`, `pinned_1t_x3`: two or three `pinned_1t` processes at the same time (throughput of 2 or 3 workers on
+  this machine). From them, `three_worlds`: the wall time of a stage fanned out over three worlds with `base.workers`
+  2 (two rounds: two worlds, then one alone on one core) against 3 (one round, the cores shared).
 
 Median of `--repeats` runs each. Writes reports/bench/repro_cost.json and prints a table.
 
@@ -24,7 +26,8 @@ RM = dict(quant="4bit", epochs=2.0, seed=0)  # RMConfig defaults otherwise (lora
 VARIANTS = {  # name -> (pinned isa or None, threads or None for torch's default, extra env, processes at once)
     "unpinned_2t": (None, None, {}, 1), "unpinned_1t": (None, 1, {}, 1),
     "pinned_1t": ("avx2", 1, {}, 1), "pinned_2t": ("avx2", 2, {}, 1),
-    "pinned_1t_mkl_compatible": ("avx2", 1, {"MKL_CBWR": "COMPATIBLE"}, 1), "pinned_1t_x2": ("avx2", 1, {}, 2)}
+    "pinned_1t_mkl_compatible": ("avx2", 1, {"MKL_CBWR": "COMPATIBLE"}, 1), "pinned_1t_x2": ("avx2", 1, {}, 2),
+    "pinned_1t_x3": ("avx2", 1, {}, 3)}
 
 
 def child(work: Path, threads: int | None, pinned: bool):
@@ -104,14 +107,20 @@ def main():
     ref = rows.get("unpinned_2t")
     for r in rows.values():
         if ref: r["time_vs_unpinned_2t"] = round(r["train_s"] / ref["train_s"], 3); r["throughput_vs_unpinned_2t"] = round(r["trainings_per_min"] / ref["trainings_per_min"], 3)
+    three = None
+    if {"pinned_1t", "pinned_1t_x2", "pinned_1t_x3"} <= set(rows):
+        w2 = rows["pinned_1t_x2"]["batch_wall_s"] + rows["pinned_1t"]["batch_wall_s"]
+        three = {"workers_2_s": round(w2, 2), "workers_3_s": rows["pinned_1t_x3"]["batch_wall_s"],
+                 "ratio_3_vs_2": round(rows["pinned_1t_x3"]["batch_wall_s"] / w2, 3)}
     from dt2it_mrm.core import write_json
     from dt2it_mrm.repro import machine_report
-    out = {"pairs": n, "base": SIZES, "rm": RM, "repeats": a.repeats, "variants": rows, "setup_s": round(setup_s, 1),
+    out = {"pairs": n, "base": SIZES, "rm": RM, "repeats": a.repeats, "variants": rows, "three_worlds": three, "setup_s": round(setup_s, 1),
            "total_s": round(time.perf_counter() - t_start, 1), "machine": machine_report()}
     write_json(ROOT / a.out, out)
     print(f"\n{'variant':26s} {'thr':>3s} {'procs':>5s} {'train s':>8s} {'x unpinned':>10s} {'trainings/min':>13s} {'x thrpt':>7s}")
     for v, r in rows.items():
         print(f"{v:26s} {r['threads']:3d} {r['processes']:5d} {r['train_s']:8.1f} {r.get('time_vs_unpinned_2t', 0):10.2f} {r['trainings_per_min']:13.2f} {r.get('throughput_vs_unpinned_2t', 0):7.2f}")
+    if three: print(f"a stage over 3 worlds: {three['workers_2_s']:.1f} s with 2 workers, {three['workers_3_s']:.1f} s with 3 ({three['ratio_3_vs_2']:.2f}x)")
     print(f"wrote {a.out} ({out['total_s']:.0f} s)")
 
 

@@ -212,10 +212,11 @@ def run_stage(stage: str,                  # stage name in dvc.yaml, e.g. `gener
     if clash: raise ValueError(f"extra parameters {sorted(clash)} are already declared params of stage {base!r}")
     params.update(extra)
     repro, env = params.pop("repro", None) or {}, dict(OFFLINE_ENV)
+    runs = world_runs(params, n_worlds) if "worlds" in params else [(None, params)]
     if repro:
         from dt2it_mrm.repro import pinned_env
-        env |= pinned_env(repro.get("isa"), int(repro.get("threads", 1)))
-    runs = world_runs(params, n_worlds) if "worlds" in params else [(None, params)]
+        threads = repro.get("threads", 1) if len(runs) > 1 else repro.get("solo_threads", repro.get("threads", 1))
+        env |= pinned_env(repro.get("isa"), threads)
     in_nb = set(pm.inspect_notebook(str(nb)))
     filled = {"seed", "world_id"} if runs[0][0] else set()
     got = set(runs[0][1]) | (filled & in_nb)

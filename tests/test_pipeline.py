@@ -75,9 +75,9 @@ def test_every_world_path_in_params_lies_in_a_declared_dependency_or_output(root
     assert checked > 20
 
 def test_a_stage_fans_out_over_worlds_in_parallel_with_pinned_kernels(tmp_path):
-    "Two worlds, two processes: each run gets its world's seed and paths, and the pinned thread count."
+    "Two worlds, two processes: each run gets its world's seed and paths, and the pinned thread count (solo_threads alone)."
     (tmp_path / "settings.ini").write_text("[DEFAULT]\n")
-    (tmp_path / "params.yaml").write_text("base: {worlds: [3, 5], repro: {isa: null, threads: 1}}\ns: {out: 'o/{world}.txt'}\n")
+    (tmp_path / "params.yaml").write_text("base: {worlds: [3, 5], repro: {isa: null, threads: 1, solo_threads: 2}}\ns: {out: 'o/{world}.txt'}\n")
     (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: x\n    params:\n    - base.worlds\n    - base.repro\n    - s\n")
     nb = tmp_path / "nbs/stages/s.ipynb"; nb.parent.mkdir(parents=True)
     par = {"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]}, "source": "seed = 0\nworld_id = 'w0'\nout = ''\n", "outputs": [], "execution_count": None}
@@ -87,6 +87,8 @@ def test_a_stage_fans_out_over_worlds_in_parallel_with_pinned_kernels(tmp_path):
     done = run_stage("s", root=tmp_path, kernel="python3", workers=2)
     assert sorted(p.name for p in done) == ["w3.ipynb", "w5.ipynb"] and all(p.parent.name == "s" for p in done)
     assert (tmp_path / "o/w3.txt").read_text() == "3 w3 1" and (tmp_path / "o/w5.txt").read_text() == "5 w5 1"
+    run_stage("s", root=tmp_path, kernel="python3", extra={"n_worlds": 1})  # one process: solo_threads, the other core not left idle
+    assert (tmp_path / "o/w3.txt").read_text() == "3 w3 2"
 
 
 def test_runner_refuses_undeclared_parameters(tmp_path):

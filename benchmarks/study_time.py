@@ -14,7 +14,7 @@ import argparse, json, os
 from datetime import datetime
 from pathlib import Path
 
-from dt2it_mrm.core import write_json
+from dt2it_mrm.core import load_params, write_json
 
 
 def replay(durations: list[float], workers: int) -> float:
@@ -27,7 +27,8 @@ def replay(durations: list[float], workers: int) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", default="reports/stages"); ap.add_argument("--out", default="reports/bench/study_time.json")
-    ap.add_argument("--workers", type=int, default=2, help="parallel world processes of a fanned-out stage (params base.workers)")
+    ap.add_argument("--workers", type=int, default=load_params("params.yaml")["base"]["workers"],
+                    help="parallel world processes of a fanned-out stage (default: params base.workers)")
     a = ap.parse_args()
     rows = {}
     for p in sorted(Path(a.stages).glob("**/*.ipynb")):

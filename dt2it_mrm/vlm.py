@@ -24,9 +24,10 @@ __all__ = ['SPECIAL_TOKENS', 'Qwen2VLImageProcessorOnly', 'Qwen2_5_VLImageProces
            'chat_template', 'world_texts', 'train_tokenizer', 'Family', 'family_of', 'tiny_config', 'make_processor',
            'load_processor', 'blank_image', 'messages', 'chat_text', 'split_images', 'qwen_pixels', 'encode_images',
            'encode_image', 'encode_texts', 'encode_text', 'encode', 'collate', 'last_index', 'image_features',
-           'encoder_outputs', 'with_features', 'quantization_config', 'fix_cpu_4bit', 'quantized_modules', 'load_base',
-           'PretrainConfig', 'vision_param_names', 'lr_factors', 'lm_examples', 'lm_loss', 'seeing_gap',
-           'split_by_image', 'pretrain', 'vision_position_embedding', 'build_base', 'save_base']
+           'encoder_outputs', 'with_features', 'dequantize_4bit_portable', 'portable_cpu_4bit', 'quantization_config',
+           'fix_cpu_4bit', 'quantized_modules', 'load_base', 'PretrainConfig', 'vision_param_names', 'lr_factors',
+           'lm_examples', 'lm_loss', 'seeing_gap', 'split_by_image', 'pretrain', 'vision_position_embedding',
+           'build_base', 'save_base']
 
 # %% ../nbs/06a_vlm.ipynb #8da33b78
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -325,6 +326,35 @@ def with_features(batch: dict, pieces: Sequence[dict]) -> dict:
     "`batch` with its pixels replaced by precomputed image features."
     return {k: v for k, v in batch.items() if k not in IMAGE_ONLY_KEYS} | {"mm_encoder_outputs": encoder_outputs(pieces)}
 
+# %% ../nbs/06a_vlm.ipynb #7cce3ec6
+def dequantize_4bit_portable(A: torch.Tensor,      # packed 4-bit codes, two per byte (high nibble first)
+                             absmax: torch.Tensor, # one scale per block
+                             blocksize: int,
+                             quant_type: str,      # nf4 | fp4
+                             shape: Sequence[int], # shape of the dequantised weight
+                             dtype: torch.dtype,
+                            ) -> torch.Tensor:
+    "bitsandbytes' 4-bit dequantisation in plain torch: the same bits on every CPU."
+    from bitsandbytes.functional import get_4bit_type
+    A = A.view(torch.uint8).reshape(-1)
+    n = math.prod(shape)
+    idx = torch.stack([A >> 4, A & 0xF], dim=1).reshape(-1)[:n].long()
+    scale = absmax.repeat_interleave(blocksize)[:n]
+    return (get_4bit_type(quant_type, device=A.device)[idx] * scale).reshape(shape).to(dtype)
+
+_PORTABLE_4BIT = []  # the torch.library registration, kept alive for the process
+
+def portable_cpu_4bit() -> bool:
+    "Make `dequantize_4bit_portable` bitsandbytes' CPU 4-bit dequantisation kernel in this process; True the first time."
+    if _PORTABLE_4BIT: return False
+    import warnings, bitsandbytes  # noqa: F401  (defines the op)
+    lib = torch.library.Library("bitsandbytes", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns that it overrides bitsandbytes' own CPU kernel: that is the point
+        lib.impl("dequantize_4bit", dequantize_4bit_portable, "CPU")
+    _PORTABLE_4BIT.append(lib)
+    return True
+
 # %% ../nbs/06a_vlm.ipynb #780b6e7f
 QUANTS = ("4bit", "8bit", "none")
 
@@ -341,9 +371,9 @@ def quantization_config(quant: str, # one of QUANTS
                               bnb_4bit_use_double_quant=False, llm_int8_skip_modules=skip)
 
 def fix_cpu_4bit(model) -> int:
-    "Turn off bitsandbytes' AVX512-BF16 weight repacking on every 4-bit layer (it corrupts later LoRA gradients)."
+    "Turn off bitsandbytes' AVX512-BF16 weight repacking on every 4-bit layer (it corrupts later LoRA gradients); portable dequantisation."
     import bitsandbytes as bnb
-    n = 0
+    portable_cpu_4bit(); n = 0
     for mod in model.modules():
         if isinstance(mod, bnb.nn.Linear4bit): mod.support_avx512bf16_for_cpu = False; n += 1
     return n

@@ -98,3 +98,20 @@ with torch.no_grad(): lg = m(**p(text=[text], images=[Image.open(img).convert("R
 np.save(out, lg.numpy())
 """, path, r["images"][0], r["question"], r["chosen"], out)
     np.testing.assert_allclose(np.load(out), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("shape,blocksize", [((64, 32), 64), ((96, 66), 64), ((7, 130), 128), ((5,), 64)])
+def test_portable_4bit_dequantisation_is_bitsandbytes_reference_bit_for_bit(quant_type, shape, blocksize):
+    "The plain-torch kernel equals the reference bitsandbytes ships, and is the CPU kernel once registered."
+    import bitsandbytes.functional as bnbF
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    from dt2it_mrm.vlm import dequantize_4bit_portable, portable_cpu_4bit
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+    q, st = bnbF.quantize_4bit(w, quant_type=quant_type, blocksize=blocksize)
+    ref = _dequantize_4bit_compute(q.view(torch.uint8).reshape(-1), st.absmax, bnbF.get_4bit_type(quant_type, device="cpu"), blocksize, st.shape, torch.float32)
+    mine = dequantize_4bit_portable(q, st.absmax, blocksize, quant_type, st.shape, torch.float32)
+    assert mine.shape == w.shape and torch.equal(mine, ref)
+    assert 0 < (mine - w).abs().max() < w.abs().max()  # a real dequantisation, not a copy
+    portable_cpu_4bit()
+    assert torch.equal(bnbF.dequantize_4bit(q, st), mine)

@@ -122,8 +122,9 @@ def list_gain_ci(scores: dict, arm: str, ref: str, block: str, field: str,
 CLAIMS = {"accuracy_points": 8.0, "fairness_reduction": 0.3, "expert_relative": 0.10}
 
 def _ci(d: dict, scale: float = 1.0) -> dict:
-    "The estimate and interval of a bootstrap result, scaled, without its per-world detail."
-    return {"estimate": d["estimate"] * scale, "low": d["low"] * scale, "high": d["high"] * scale, "n_worlds": d["n_worlds"]}
+    "The estimate and interval of a bootstrap result, scaled (a negative scale swaps the bounds), without its per-world detail."
+    low, high = sorted((d["low"] * scale, d["high"] * scale))
+    return {"estimate": d["estimate"] * scale, "low": low, "high": high, "n_worlds": d["n_worlds"]}
 
 def _gaps(scores, seq, test_set, n_boot, seed) -> list[dict]:
     "Accuracy gain of each arm of `seq[1:]` over the one before it, on `test_set`."
@@ -211,10 +212,9 @@ def arm_summary(scores: dict, test_sets: Sequence[str], n_boot: int = 2000, seed
     return out
 
 def fmt_ci(d: dict | None, digits: int = 3) -> str:
-    "'estimate [low, high]' of an `_ci` dict (a negative scale gives low > high: shown in order)."
+    "'estimate [low, high]' of an `_ci` dict."
     if not d: return "–"
-    lo, hi = sorted((d["low"], d["high"]))
-    return f"{d['estimate']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return f"{d['estimate']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
 def headline_rows(summary: dict, test_sets: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     "Header and rows of the headline table: primary accuracy and fairness, the other sets, experts, best-of-N."

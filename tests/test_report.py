@@ -75,3 +75,10 @@ def test_headline_rows_show_intervals_and_the_null_gap():
     assert [r[0] for r in rows] == ["oracle", "baseline"] and head[1] == "test_neutral accuracy"
     assert "[" in rows[0][1] and "(" in rows[0][3] and rows[0][-1] == "3"
     assert md_table(head, rows).count("\n") == len(rows) + 2
+
+
+def test_a_negatively_scaled_interval_keeps_low_below_high():
+    from dt2it_mrm.report import _ci, fmt_ci
+    got = _ci({"estimate": 0.2, "low": 0.1, "high": 0.3, "n_worlds": 3}, -1.0)
+    assert (got["low"], got["estimate"], got["high"]) == (-0.3, -0.2, -0.1)
+    assert fmt_ci(got, 1) == "-0.2 [-0.3, -0.1]"

@@ -206,8 +206,8 @@ def arm_summary(scores: dict, test_sets: Sequence[str], n_boot: int = 2000, seed
             row["expert_pair_accuracy"] = _ci(pooled_ci(scores, a, "expert", "pair_right", "pair_total", n_boot, seed))
         if list_worlds(scores, [a], "best_of_n", ["picked"]):
             row["bon_errors"] = _ci(list_ci(scores, a, "best_of_n", "picked", n_boot, seed), -1.0)
-            row["bon_random_errors"] = -float(np.mean([np.mean(scores[a][w]["best_of_n"]["random"]) for w in scores[a]]))
-            row["bon_best_errors"] = 0.0 - float(np.mean([np.mean(scores[a][w]["best_of_n"]["best"]) for w in scores[a]]))  # not -x: no "-0.00"
+            errors = lambda k: 0.0 - float(np.mean([np.mean(scores[a][w]["best_of_n"][k]) for w in scores[a]]))  # 0.0 - x: no "-0.00"
+            row["bon_random_errors"], row["bon_best_errors"] = errors("random"), errors("best")
         out[a] = row
     return out
 

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .bias import as_dicts
+from .data import swap_sides
 from .resample import compute_weights, relabel, weight_report, with_weights
 
 # %% auto #0
@@ -19,7 +20,7 @@ LABEL_MODES = ("majority", "ds", "ds_judge")
 
 def _flip(r: dict) -> dict:
     "`r` with its label swapped; `meta.relabelled` says whether it now differs from the raw label."
-    out = relabel([r], [0.0])[0][0]
+    out = swap_sides(r)
     out["meta"]["relabelled"] = not (r.get("meta") or {}).get("relabelled", False)
     return out
 
@@ -29,15 +30,17 @@ def construct_labels(records: Sequence,            # raw pairs
                      judge_fn: Callable | None = None, # records -> records annotated with meta.judge.verdict
                      ds_confidence: float = 0.8,   # trust the Dawid–Skene label at or above this posterior confidence
                      drop_undecided: bool = True,  # drop pairs the judge cannot decide (else keep the Dawid–Skene label)
+                     judge_accuracy: float = 0.95, # assumed P(judge right | decisive in both orders): its likelihood ratio in `meta.label_confidence`
                     ) -> tuple[list[dict], np.ndarray, dict]:
-    "Relabelled records, the confidence of each kept label, and counts of what happened."
+    "Relabelled records (with `meta.label_confidence`, P(label right)), the annotator-model confidence of each kept label, and counts."
     if mode not in LABEL_MODES: raise ValueError(f"unknown label mode {mode!r}; modes are {LABEL_MODES}")
     recs, p = as_dicts(records), np.asarray(posterior, float)
     if len(recs) != len(p): raise ValueError(f"{len(recs)} records but {len(p)} posteriors")
     if mode == "majority":
-        return [{**r, "meta": {**r.get("meta", {}), "label_source": "majority"}} for r in recs], np.maximum(p, 1 - p), {"n": len(recs), "kept": len(recs)}
+        conf = np.maximum(p, 1 - p)
+        return [{**r, "meta": {**r.get("meta", {}), "label_source": "majority", "label_confidence": float(c)}} for r, c in zip(recs, conf)], conf, {"n": len(recs), "kept": len(recs)}
     ds_recs, conf = relabel(recs, p)
-    for r in ds_recs: r["meta"] = {**r.get("meta", {}), "label_source": "ds"}
+    for r, c in zip(ds_recs, conf): r["meta"] = {**r.get("meta", {}), "label_source": "ds", "label_confidence": float(c)}
     counts = {"n": len(recs), "ds_flipped": int((p < 0.5).sum())}
     if mode == "ds":
         return ds_recs, conf, counts | {"kept": len(ds_recs)}
@@ -55,6 +58,7 @@ def construct_labels(records: Sequence,            # raw pairs
             r["meta"] = {**r["meta"], "label_source": "judge"}
             c["judge_kept" if v == "chosen" else "judge_flipped"] += 1
             q = max(q, 1 - q) if v == "chosen" else 1 - q  # the posterior of the judge's label under the annotator model
+            r["meta"]["label_confidence"] = float(q * judge_accuracy / (q * judge_accuracy + (1 - q) * (1 - judge_accuracy)))
         out.append(r); out_conf.append(q)
     return out, np.array(out_conf), counts | c | {"kept": len(out)}
 

@@ -15,11 +15,11 @@ from PIL import Image, ImageOps
 from .core import stable_hash, to_jsonable, write_jsonl
 
 # %% auto #0
-__all__ = ['FIELD_TYPES', 'PLACEHOLDER', 'MAX_PIXELS', 'FORMATS', 'FieldError', 'check_field', 'PrefRecord', 'ListRecord',
-           'list_to_pairs', 'validate_pair', 'validate_list', 'ImageError', 'ImageInfo', 'resolve_image', 'check_image',
-           'ImageChecker', 'to_rgb', 'load_image', 'Format', 'lf_parse', 'lf_dump', 'trl_parse', 'trl_dump',
-           'write_records', 'PreferenceDataError', 'ReadReport', 'read_records', 'read_preferences', 'trl_features',
-           'to_trl_dataset', 'from_trl_dataset']
+__all__ = ['FIELD_TYPES', 'SIDE_META', 'SIDE_TAGS', 'PLACEHOLDER', 'MAX_PIXELS', 'FORMATS', 'FieldError', 'check_field',
+           'PrefRecord', 'ListRecord', 'list_to_pairs', 'swap_sides', 'validate_pair', 'validate_list', 'ImageError',
+           'ImageInfo', 'resolve_image', 'check_image', 'ImageChecker', 'to_rgb', 'load_image', 'Format', 'lf_parse',
+           'lf_dump', 'trl_parse', 'trl_dump', 'write_records', 'PreferenceDataError', 'ReadReport', 'read_records',
+           'read_preferences', 'trl_features', 'to_trl_dataset', 'from_trl_dataset']
 
 # %% ../nbs/01_data.ipynb #7f8545c8
 class FieldError(ValueError):
@@ -124,6 +124,30 @@ def list_to_pairs(lr: ListRecord) -> list[PrefRecord]:
                               source=lr.source, group=lr.group, task=lr.task, strength=float(sc[c] - sc[r]),
                               meta={**copy.deepcopy(lr.meta), "list_id": lr.id, "chosen_idx": c, "rejected_idx": r}))
     return out
+
+# %% ../nbs/01_data.ipynb #9a6e4558
+SIDE_META = ["errors", "styles", "claims"]  # meta lists holding [chosen's, rejected's]; extend for a new data source
+SIDE_TAGS = ["tell"]                        # meta values naming a side ("chosen" or "rejected")
+_OTHER_SIDE = {"chosen": "rejected", "rejected": "chosen"}
+
+def swap_sides(rec: dict,          # a pair (PrefRecord dict); not modified
+               note: str | None = None, # appended to `meta.curation` when given
+              ) -> dict:
+    "A deep copy of `rec` with `chosen` and `rejected` swapped, and everything that belongs to a side or to the label with them."
+    r = copy.deepcopy(rec)
+    r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
+    m = r.get("meta")
+    if m is None: m = r["meta"] = {}
+    for k in SIDE_META:
+        if isinstance(m.get(k), list) and len(m[k]) == 2: m[k] = m[k][::-1]
+    for k in SIDE_TAGS:
+        if m.get(k) in _OTHER_SIDE: m[k] = _OTHER_SIDE[m[k]]
+    if isinstance(m.get("label_confidence"), (int, float)): m["label_confidence"] = 1.0 - m["label_confidence"]
+    if r.get("labels"): r["labels"] = {a: 1 - v for a, v in r["labels"].items()}
+    if r.get("gold") is not None: r["gold"] = 1 - r["gold"]
+    if r.get("strength") is not None: r["strength"] = -r["strength"]
+    if note: m.setdefault("curation", []).append(note)
+    return r
 
 # %% ../nbs/01_data.ipynb #f79c5a51
 PLACEHOLDER = "<image>"

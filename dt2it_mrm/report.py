@@ -17,8 +17,8 @@ from .stats import diff_of_means, group_gap_of, interval_str, mean_of, null_gap,
 __all__ = ['ITER_PREFIX', 'CLAIMS', 'CURATION_COLUMNS', 'README_MARKERS', 'iteration_arms', 'main_arms', 'world_order',
            'pair_worlds', 'list_worlds', 'accuracy_ci', 'gain_ci', 'ratio_ci', 'fairness_ci', 'list_ci', 'pooled_ci',
            'list_gain_ci', 'saturation_verdict', 'claims', 'arm_summary', 'fmt_ci', 'headline_rows', 'md_table',
-           'metric_means', 'claims_markdown', 'curation_table', 'frame_markdown', 'results_markdown', 'plot_iterations',
-           'plot_groups', 'update_readme']
+           'metric_means', 'claims_markdown', 'curation_table', 'frame_markdown', 'share_change_ci', 'loop_summary',
+           'loop_markdown', 'results_markdown', 'plot_iterations', 'plot_groups', 'update_readme']
 
 # %% ../nbs/09_report.ipynb #deaa7288
 ITER_PREFIX = "iter"
@@ -266,13 +266,14 @@ def claims_markdown(c: dict) -> str:
     return out
 
 # %% ../nbs/09_report.ipynb #bc76918f
-CURATION_COLUMNS = {  # column -> path in a curation log
-    "pairs in": ("n_in",), "ensemble acc. vs gold": ("score", "ensemble_accuracy"),
+CURATION_COLUMNS = {  # column -> path in a curation log; every "right" is measured against the truth
+    "pairs in": ("n_in",), "out of fold": ("score", "out_of_fold"), "posterior ECE": ("score", "posterior_vs_truth", "ece"),
     "flipped": ("flip", "flipped"), "flip precision": ("flip", "precision"),
-    "kept (agreed)": ("consistency", "kept"), "keep precision": ("consistency", "keep_precision"),
-    "re-annotated": ("reannotate", "sent"), "re-ann. kept": ("reannotate", "kept"), "re-ann. accuracy": ("reannotate", "accuracy"),
-    "dropped": ("reannotate", "dropped"), "hard mined": ("hard", "mined"), "augmented": ("merge", "augmented"),
-    "pairs out": ("merge", "size"), "labels right before": ("gold", "label_accuracy_before"), "labels right after": ("gold", "label_accuracy_after")}
+    "reviewed": ("review", "sent"), "judge calls": ("review", "calls"), "panel flipped": ("review", "flipped"),
+    "panel right": ("review", "decided_accuracy"), "undecided (kept)": ("review", "undecided"),
+    "augmented": ("merge", "augmented"), "augmented right": ("truth", "augmented"), "pairs out": ("merge", "size"),
+    "labels right before": ("truth", "label_accuracy_before"), "labels right after": ("truth", "label_accuracy_after"),
+    "calls to match random": ("curve", "ratio")}
 
 def _get(d: dict, path: tuple):
     for k in path:
@@ -291,6 +292,68 @@ def frame_markdown(df: pd.DataFrame, digits: int = 3) -> str:
     cols = [" ".join(str(x) for x in c if x) if isinstance(c, tuple) else str(c) for c in df.columns]
     f = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
     return md_table(["", *cols], [[str(i), *map(f, row)] for i, row in zip(df.index, df.values.tolist())])
+
+def _by_world(logs: dict) -> list:
+    return [logs[w] for w in world_order(logs)]
+
+def share_change_ci(before: Sequence[tuple[float, int]], # per world: (share, n) before
+                    after: Sequence[tuple[float, int]],  # per world: (share, n) after
+                    n_boot: int = 2000, seed: int = 0) -> dict:
+    "Mean over worlds of after − before, with a 95% interval: worlds resampled, then each share redrawn binomially (before and after independently, so the interval is conservative)."
+    b, a = np.array(before, float), np.array(after, float)
+    est = float((a[:, 0] - b[:, 0]).mean())
+    r = np.random.default_rng(seed); k = len(b); out = np.empty(n_boot)
+    for i in range(n_boot):
+        w = r.integers(0, k, k)
+        out[i] = (r.binomial(a[w, 1].astype(int), a[w, 0]) / a[w, 1] - r.binomial(b[w, 1].astype(int), b[w, 0]) / b[w, 1]).mean()
+    return {"estimate": est, "low": float(np.percentile(out, 2.5)), "high": float(np.percentile(out, 97.5)), "worlds": k}
+
+def loop_summary(curation: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+    "Per iteration over worlds: label accuracy before and after with the change's interval, flip precision, the judge-budget ratio; and the ablations."
+    out = {"iterations": {}, "ablations": {}}
+    for it in sorted(curation):
+        logs = _by_world(curation[it])
+        t = [l["truth"] for l in logs]
+        if any(x["label_accuracy_before"] is None for x in t): continue
+        pre, post = [(x["label_accuracy_before"], x["known_before"]) for x in t], [(x["label_accuracy_after"], x["known_after"]) for x in t]
+        prec = [l["flip"]["precision"] for l in logs if l["flip"]["precision"] is not None]
+        ratio = [l["curve"]["ratio"] for l in logs if l.get("curve") and l["curve"]["ratio"] is not None]
+        out["iterations"][it] = {"worlds": world_order(curation[it]), "before": [x[0] for x in pre], "after": [x[0] for x in post],
+                                 "change": share_change_ci(pre, post, n_boot, seed), "flipped": [l["flip"]["flipped"] for l in logs],
+                                 "flip_precision": prec, "flip_precision_pooled": _pooled(logs), "calls": [l["review"]["calls"] for l in logs],
+                                 "budget_ratio": ratio}
+        if all(l.get("ablations") for l in logs):
+            for name in ["full", *logs[0]["ablations"]]:
+                alogs = [l if name == "full" else l["ablations"][name] for l in logs]
+                post = [(a["truth"]["label_accuracy_after"], a["truth"]["known_after"]) for a in alogs]
+                out["ablations"][name] = {"iteration": it, "after": [x[0] for x in post], "change": share_change_ci(pre, post, n_boot, seed),
+                                          "flipped": [a["flip"]["flipped"] for a in alogs], "reviewed": [a["review"]["sent"] for a in alogs],
+                                          "augmented_right": [a["truth"]["augmented"] for a in alogs]}
+    return out
+
+def _pooled(logs: list) -> float | None:
+    "Flip precision pooled over worlds (flips weighted by count)."
+    n = sum(l["flip"]["flipped"] for l in logs if l["flip"]["precision"] is not None)
+    return sum(l["flip"]["precision"] * l["flip"]["flipped"] for l in logs if l["flip"]["precision"] is not None) / n if n else None
+
+def _rng(v: list, d: int = 3) -> str:
+    v = [x for x in v if x is not None]
+    return "–" if not v else f"{np.mean(v):.{d}f} ({min(v):.{d}f}–{max(v):.{d}f})"
+
+def loop_markdown(ls: dict) -> str:
+    "The curation loop's measured figures: label accuracy per iteration, flip precision, the judge budget, the ablations."
+    rows = [[it, _rng(r["before"]), _rng(r["after"]), f"{r['change']['estimate']*100:+.2f} [{r['change']['low']*100:+.2f}, {r['change']['high']*100:+.2f}]",
+             str(sum(r["flipped"])), "–" if r["flip_precision_pooled"] is None else f"{r['flip_precision_pooled']:.3f}", str(int(np.mean(r["calls"]))),
+             _rng(r["budget_ratio"], 2)] for it, r in ls["iterations"].items()]
+    md = md_table(["iteration", "labels right before: mean (min–max)", "after", "change, points [95%]", "flips (all worlds)", "flip precision (pooled)",
+                   "judge calls / world", "calls active needs to match random's final accuracy (share)"], rows)
+    if ls["ablations"]:
+        arows = [[n, _rng(a["after"]), f"{a['change']['estimate']*100:+.2f} [{a['change']['low']*100:+.2f}, {a['change']['high']*100:+.2f}]",
+                  str(sum(a["flipped"])), str(sum(a["reviewed"])), _rng(a["augmented_right"])] for n, a in ls["ablations"].items()]
+        it = next(iter(ls["ablations"].values()))["iteration"]
+        md += f"\n\nLoop ablations on {it} (same ensemble, scores and judges; label accuracy of the curated set, measured):\n\n"
+        md += md_table(["variant", "labels right after", "change, points [95%]", "flips", "reviewed", "augmented pairs right"], arows)
+    return md
 
 # %% ../nbs/09_report.ipynb #d8425a3c
 def results_markdown(study: dict,            # the report stage's study dict: claims, summary, rules, metrics, curation, construct, bias
@@ -323,6 +386,10 @@ def results_markdown(study: dict,            # the report stage's study dict: cl
                  _get(k, ("label_accuracy", "constructed_weighted")), _get(k, ("weights", "ess_share")), _get(k, ("weights", "chosen_longer"))))]
                 for w, k in sorted(study["construct"].items(), key=lambda kv: world_order([kv[0]]))]
         md += ["", "## Debiased construction, per world", "", md_table(["world", "raw labels right", "constructed", "constructed, weighted", "ESS share", "chosen longer, weighted"], rows)]
+    if study.get("loop") and study["loop"]["iterations"]:
+        md += ["", "## Iterative curation: what the loop does to the labels", "",
+               "Label accuracy of each curated training set, measured from what its pairs now say (not from a copied field); the "
+               "change's interval resamples worlds and redraws each share binomially.", "", loop_markdown(study["loop"])]
     if study.get("curation"):
         md += ["", "## Iterative curation, per world", "", frame_markdown(curation_table(study["curation"]))]
     md += ["", "## Figures", "", f"![per iteration]({Path(figures_dir) / 'iterations.png'})", f"![per group]({Path(figures_dir) / 'groups.png'})", ""]

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .bias import as_dicts, cross_fit, dawid_skene, fit_text_model, length_diffs, shortcut_scores
+from .data import swap_sides
 from .evaluate import pair_margins
 
 # %% auto #0
@@ -82,8 +83,6 @@ def jtt_weights(margins: Any,         # the current model's score(chosen) − sc
     return normalise(np.where(m > 0, 1.0, factor))
 
 # %% ../nbs/04_resample.ipynb #98d58d95
-_SWAP_META = ("errors", "styles")
-
 def relabel(records: Sequence,
             posterior: Any,          # per pair P(chosen truly better), e.g. `bias.dawid_skene(records)[0]`
             threshold: float = 0.5,  # swap where the posterior is below this
@@ -93,13 +92,8 @@ def relabel(records: Sequence,
     out = []
     for r, x in zip(recs, p):
         if x >= threshold: out.append(r); continue
-        m = dict(r.get("meta") or {})
-        m.update({k: list(m[k])[::-1] for k in _SWAP_META if isinstance(m.get(k), list) and len(m[k]) == 2})
-        if m.get("tell") in ("chosen", "rejected"): m["tell"] = {"chosen": "rejected", "rejected": "chosen"}[m["tell"]]
-        m["relabelled"] = True
-        out.append({**r, "chosen": r["rejected"], "rejected": r["chosen"], "meta": m,
-                    "labels": None if r.get("labels") is None else {a: 1 - v for a, v in r["labels"].items()},
-                    "gold": None if r.get("gold") is None else 1 - r["gold"]})
+        s = swap_sides(r); s["meta"]["relabelled"] = True
+        out.append(s)
     return out, np.where(p >= threshold, p, 1 - p)
 
 # %% ../nbs/04_resample.ipynb #1b8d2406

@@ -25,7 +25,7 @@ __all__ = ['FUSIONS', 'LORA_TARGETS', 'BLANK', 'HEADS_FILE', 'META_FILE', 'ENSEM
            'ItemData', 'pair_items', 'PairData', 'CrossHead', 'RewardModel', 'info_nce', 'lora_config', 'text_hidden',
            'build_reward_model', 'trainable', 'lr_lambda', 'pair_order', 'features_by_key', 'blank_tensors', 'rewards',
            'pair_accuracy', 'pair_loss', 'fit', 'base_fingerprint', 'head_state', 'save_reward_model',
-           'load_reward_model', 'train_reward_model', 'train_ensemble', 'member_paths']
+           'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths', 'members_saw']
 
 # %% ../nbs/06b_reward_model.ipynb #b9224678
 def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
@@ -393,18 +393,27 @@ def train_reward_model(records: Sequence[dict],   # training pairs (PrefRecord d
 
 ENSEMBLE_FILE = "ensemble.json"
 
+def fold_of(record_id: str, k: int, seed: int) -> int:
+    "The cross-fitting fold of a pair: pairs derived from one another (ids `root~...`) share their root's fold."
+    return int(stable_hash(seed, "fold", record_id.split("~")[0], n=8), 16) % k
+
 def train_ensemble(records: Sequence[dict], base: str | Path, cfg: RMConfig = RMConfig(),
                    k: int = 3,                   # ensemble members
                    out_dir: str | Path = "ensemble",
                    evals: dict | None = None, image_root=None, progress: bool = True,
+                   crossfit: bool = False,       # member i trains on every fold but fold i (`fold_of`), so each pair has a member that never saw it
                   ) -> tuple[list[Path], list[dict]]:
     "Train `k` members with seeds `cfg.seed + i` and save them side by side under `out_dir`."
+    if crossfit and k < 2: raise ValueError("cross-fitting needs at least 2 members")
     out_dir = Path(out_dir); paths, reps = [], []
+    folds = [fold_of(r["id"], k, cfg.seed) for r in records] if crossfit else None
     for i in range(k):
         c = RMConfig.from_params(asdict(cfg), seed=cfg.seed + i)
-        _, rep = train_reward_model(records, base, c, evals, out_dir / f"member_{i}", image_root, progress)
+        mine = [r for r, f in zip(records, folds) if f != i] if crossfit else records
+        _, rep = train_reward_model(mine, base, c, evals, out_dir / f"member_{i}", image_root, progress)
         paths.append(out_dir / f"member_{i}"); reps.append(rep)
-    write_json(out_dir / ENSEMBLE_FILE, {"members": [p.name for p in paths], "seeds": [cfg.seed + i for i in range(k)]})
+    write_json(out_dir / ENSEMBLE_FILE, {"members": [p.name for p in paths], "seeds": [cfg.seed + i for i in range(k)],
+                                         "crossfit": {"folds": k, "seed": cfg.seed} if crossfit else None})
     return paths, reps
 
 def member_paths(path: str | Path) -> list[Path]:
@@ -412,3 +421,13 @@ def member_paths(path: str | Path) -> list[Path]:
     path = Path(path)
     if (path / ENSEMBLE_FILE).exists(): return [path / m for m in read_json(path / ENSEMBLE_FILE)["members"]]
     return [path]
+
+def members_saw(path: str | Path,  # an ensemble folder (or one reward model)
+                ids: Sequence[str], # pair ids
+               ) -> np.ndarray:
+    "Whether each member trained on each pair (shape members × pairs): by fold for a cross-fitted ensemble, else every pair it could have seen."
+    path, n = Path(path), len(member_paths(path))
+    cf = read_json(path / ENSEMBLE_FILE).get("crossfit") if (path / ENSEMBLE_FILE).exists() else None
+    if not cf: return np.ones((n, len(ids)), dtype=bool)
+    f = np.array([fold_of(i, cf["folds"], cf["seed"]) for i in ids], dtype=int)
+    return np.stack([f != m for m in range(n)]) if len(ids) else np.zeros((n, 0), dtype=bool)

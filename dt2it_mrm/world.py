@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_world.ipynb #d0f6707d
 from __future__ import annotations
-import math
+import math, re
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any
@@ -13,14 +13,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .core import rng, stable_hash
+from .data import swap_sides
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'CELLS', 'GROUPS', 'TASKS', 'STYLES', 'LONG_STYLES', 'SHORT_STYLES', 'NUMBERS', 'FILLERS',
-           'ANNOTATOR_KINDS', 'JUDGE_KNOBS', 'SPLITS', 'TOLERANCE_SE', 'Obj', 'Scene', 'sample_scene', 'render_scene',
-           'Prompt', 'make_prompt', 'is_focus', 'error_distance', 'corrupt', 'headline', 'split_claims', 'write_answer',
-           'WorldConfig', 'Answer', 'make_pair_answers', 'sample_errors', 'annotate', 'answer_key', 'SimJudge',
-           'split_groups', 'make_split', 'make_expert', 'make_pretrain', 'make_bon', 'rewrite_answer', 'generate_world',
-           'load_world', 'world_judge', 'expected_annotator_accuracy', 'measure_world', 'measure_judge', 'plot_checks']
+           'ANNOTATOR_KINDS', 'JUDGE_KNOBS', 'SPLITS', 'CLAIM_RE', 'TOLERANCE_SE', 'Obj', 'Scene', 'sample_scene',
+           'render_scene', 'Prompt', 'make_prompt', 'is_focus', 'error_distance', 'corrupt', 'headline', 'split_claims',
+           'write_answer', 'WorldConfig', 'Answer', 'make_pair_answers', 'sample_errors', 'annotate', 'answer_key',
+           'SimJudge', 'split_groups', 'make_split', 'make_expert', 'make_pretrain', 'make_bon', 'rewrite_answer',
+           'read_claims', 'read_question', 'WorldTruth', 'SimRewriter', 'generate_world', 'load_world', 'world_judge',
+           'expected_annotator_accuracy', 'measure_world', 'measure_judge', 'plot_checks']
 
 # %% ../nbs/02_world.ipynb #b22a9ae6
 COLOURS = {"red": (220, 45, 45), "green": (40, 165, 70), "blue": (45, 90, 225), "yellow": (235, 200, 40)}
@@ -444,9 +446,7 @@ def _pair_record(cfg, seed, split, i, p: Prompt, plan: dict) -> dict:
         votes = {a["id"]: annotate(a, better_longer, rec["meta"]["gap"] == 1, ra, cfg.hard_penalty) for a in pool}
         majority_right = sum(votes.values()) * 2 > len(votes)
         if not majority_right:  # the raw label picks the worse answer
-            rec["chosen"], rec["rejected"] = rec["rejected"], rec["chosen"]
-            for k in ("errors", "styles", "claims"): rec["meta"][k] = rec["meta"][k][::-1]
-            rec["meta"]["tell"] = {"chosen": "rejected", "rejected": "chosen"}.get(rec["meta"]["tell"])
+            rec = swap_sides(rec)
         rec["labels"] = {k: int(v == majority_right) for k, v in votes.items()}
         rec["gold"] = int(majority_right)
     return rec
@@ -517,6 +517,82 @@ def rewrite_answer(rec: dict,  # a world pair record (or list record) with meta.
     p = Prompt(rec["id"], Scene(rec["id"], rec.get("group") or "plain", []), rec["task"], rec["question"], m["target"], [])
     claims = [Obj(c, s, int(cell)) for c, s, cell in m["claims"][side]]
     return write_answer(p, claims, style, list(FILLERS[:n_fillers]))
+
+# %% ../nbs/02_world.ipynb #63145ee4
+_CELLS_RE = "|".join(sorted(CELLS, key=len, reverse=True))  # "top left" before "top"
+CLAIM_RE = re.compile(rf"\ba ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) at the ({_CELLS_RE})\b", re.IGNORECASE)
+
+def read_claims(text: str) -> list[Obj]:
+    "The claims an answer's text makes, in the order written."
+    return [Obj(c.lower(), s.lower(), CELLS.index(cell.lower())) for c, s, cell in CLAIM_RE.findall(text)]
+
+_QUESTIONS = (("count", re.compile(r"How many (\w+)s are in the image\?")), ("attribute", re.compile(r"What colour is the (\w+)\?")),
+              ("existence", re.compile(r"Is there a (\w+) (\w+) in the image\?")), ("spatial", re.compile(r"Where is the (\w+) (\w+)\?")),
+              ("description", re.compile(r"Describe the image\.")))
+
+def read_question(question: str) -> tuple[str, dict] | None:
+    "The task and target a world question asks about, read from its text; None for another question."
+    for task, pat in _QUESTIONS:
+        if m := pat.fullmatch(question.strip()):
+            g = m.groups()
+            return task, {} if not g else {"shape": g[0]} if len(g) == 1 else {"colour": g[0], "shape": g[1]}
+    return None
+
+# %% ../nbs/02_world.ipynb #96b451e5
+class WorldTruth:
+    "The factual errors of any answer about a world scene, measured from its text."
+    def __init__(self, scenes: dict[str, list[Obj]]): # scene id (the image's file stem) -> its objects
+        self.scenes = scenes
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "WorldTruth":
+        "The truth of a generated world, from its `scenes.jsonl`."
+        import json
+        rows = [json.loads(l) for l in (Path(out_dir) / "scenes.jsonl").read_text(encoding="utf-8").splitlines()]
+        return cls({r["id"]: [Obj(**o) for o in r["objects"]] for r in rows})
+
+    def objects(self, image: str) -> list[Obj]:
+        sid = Path(image).stem
+        if sid not in self.scenes: raise KeyError(f"image {image}: no scene {sid!r} in this world")
+        return self.scenes[sid]
+
+    def errors(self, image: str, answer: str) -> int:
+        "Factual edits between what `answer` claims and the scene in `image`."
+        return error_distance(self.objects(image), read_claims(answer))
+
+    def difficulty(self, image: str) -> float: return (len(self.objects(image)) - 1) / 3
+
+    def gold(self, rec: dict) -> float:
+        "1.0 when `chosen` has fewer errors than `rejected`, 0.0 when more, NaN on a tie."
+        ec, er = (self.errors(rec["images"][0], rec[k]) for k in ("chosen", "rejected"))
+        return 1.0 if ec < er else 0.0 if ec > er else math.nan
+
+    def __call__(self, records) -> np.ndarray:
+        "`gold` of every record (the loop's `truth` callable)."
+        return np.array([self.gold(r) for r in records], dtype=float)
+
+# %% ../nbs/02_world.ipynb #00b5a5eb
+class SimRewriter:
+    "Rewrites a world answer in a shorter or a longer style from its text alone; slips on one claim with probability `error_rate`."
+    def __init__(self, error_rate: float = 0.1, # P(one claim is recoloured)
+                 seed: int = 0):
+        if not 0 <= error_rate <= 1: raise ValueError(f"error_rate must lie in [0, 1], got {error_rate}")
+        self.error_rate, self.seed = error_rate, seed
+
+    def __call__(self, question: str, answer: str, instruction: str) -> str | None:
+        "`answer` rewritten per `instruction` (`shorter` or `longer`); None when it cannot read the question or the answer."
+        if instruction not in ("shorter", "longer"): raise ValueError(f"unknown instruction {instruction!r}")
+        qt, claims = read_question(question), read_claims(answer)
+        if qt is None or not claims: return None
+        r = rng(self.seed, "rewrite", question, answer, instruction)
+        style = str(r.choice(SHORT_STYLES if instruction == "shorter" else LONG_STYLES))
+        if r.random() < self.error_rate:
+            i = int(r.integers(len(claims))); o = claims[i]
+            claims[i] = Obj(str(r.choice([c for c in COLOURS if c != o.colour])), o.shape, o.cell)
+        fillers = list(r.permutation(FILLERS)[: int(r.integers(1, 3))]) if instruction == "longer" else []
+        p = Prompt("rewrite", Scene("rewrite", "plain", []), qt[0], question, qt[1], [])
+        try: return write_answer(p, claims, style, fillers)
+        except (IndexError, KeyError): return None  # claims that cannot answer the question (e.g. no object of the asked shape)
 
 # %% ../nbs/02_world.ipynb #e866f858
 def generate_world(cfg: WorldConfig,

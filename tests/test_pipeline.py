@@ -171,9 +171,13 @@ def test_the_whole_study_runs_on_a_tiny_world_and_a_loop_param_reruns_only_what_
     assert study["summary"]["iter1"]["worlds"] == 2 and study["summary"]["labels_only"]["worlds"] == 1  # an ablation arm runs on one world
     assert study["claims"]["worlds"] == 2 and study["claims"]["accuracy"]["verdict"] in ("reproduced", "not reproduced", "inconclusive")
     assert all(study["curation"]["iter1"][w]["n_in"] > 0 for w in ("w0", "w1")) and "## The brief's claims" in (d / "reports/results.md").read_text()
+    loop = study["loop"]["iterations"]["iter1"]  # label accuracy measured from the text in both worlds, and every ablation ran
+    assert len(loop["before"]) == len(loop["after"]) == 2 and all(0.5 < x <= 1 for x in loop["before"] + loop["after"])
+    assert set(study["loop"]["ablations"]) == {"full", *params["curate"]["ablations"]}
+    assert all(study["curation"]["iter1"][w]["score"]["in_sample"] == 0 for w in ("w0", "w1"))  # cross-fitted: every pair scored out of fold
     assert ran(run("repro")) == set()
     curated = (d / "data/curate/iter1/w0/train.jsonl").read_bytes()
-    params["curate"]["loop"]["flip_share"] = 1.0  # flip every pair the ensemble rejects
+    params["curate"]["loop"]["flip_above"] = 0.0  # flip every pair: any posterior P(wrong) exceeds 0
     _write(d, params)
     changed = run("repro")
     assert changed.returncode == 0, changed.stdout[-5000:] + changed.stderr[-5000:]

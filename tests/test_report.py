@@ -82,3 +82,27 @@ def test_a_negatively_scaled_interval_keeps_low_below_high():
     got = _ci({"estimate": 0.2, "low": 0.1, "high": 0.3, "n_worlds": 3}, -1.0)
     assert (got["low"], got["estimate"], got["high"]) == (-0.3, -0.2, -0.1)
     assert fmt_ci(got, 1) == "-0.2 [-0.3, -0.1]"
+
+
+def curation_log(before, after, n=1000, flipped=10, precision=0.7, ratio=0.3, ablations=None):
+    return {"truth": {"label_accuracy_before": before, "label_accuracy_after": after, "known_before": n, "known_after": n, "augmented": 0.95},
+            "flip": {"flipped": flipped, "precision": precision}, "review": {"calls": 800, "sent": 200},
+            "curve": {"ratio": ratio}, "ablations": ablations or {}}
+
+
+def test_loop_summary_measures_change_per_iteration_with_an_honest_interval():
+    from dt2it_mrm.report import loop_markdown, loop_summary, share_change_ci
+    ab = lambda a: {"no_flips": {"truth": {"label_accuracy_after": a, "known_after": 1000, "augmented": None}, "flip": {"flipped": 0}, "review": {"sent": 200}}}
+    cur = {"iter1": {f"w{i}": curation_log(0.94, 0.96 + 0.002 * i, ablations=ab(0.95)) for i in range(3)},
+           "iter2": {f"w{i}": curation_log(0.96, 0.958, precision=None, flipped=0) for i in range(3)}}
+    ls = loop_summary(cur, n_boot=500)
+    it1, it2 = ls["iterations"]["iter1"], ls["iterations"]["iter2"]
+    assert abs(it1["change"]["estimate"] - 0.022) < 1e-12 and 0 < it1["change"]["low"] < 0.022 < it1["change"]["high"]
+    assert it2["change"]["low"] < 0 < it2["change"]["high"]  # a 0.2-point drop on 3 x 1000 pairs: the interval cannot tell
+    assert it1["flip_precision_pooled"] == 0.7 and it2["flip_precision_pooled"] is None
+    assert set(ls["ablations"]) == {"full", "no_flips"} and abs(ls["ablations"]["no_flips"]["change"]["estimate"] - 0.01) < 1e-12
+    md = loop_markdown(ls)
+    assert "| iter1 | 0.940 (0.940–0.940) | 0.962 (0.960–0.964) | +2.20 [" in md and "no_flips" in md
+    # the interval widens with fewer pairs and collapses without sampling noise
+    wide, narrow = share_change_ci([(0.9, 100)] * 3, [(0.92, 100)] * 3), share_change_ci([(0.9, 10**6)] * 3, [(0.92, 10**6)] * 3)
+    assert wide["high"] - wide["low"] > 10 * (narrow["high"] - narrow["low"])

@@ -6,7 +6,7 @@ import pytest
 from dt2it_mrm.core import rng
 from dt2it_mrm.data import swap_sides
 from dt2it_mrm.loop import (LOOP_DEFAULTS, EnsembleScores, apply_weights, augment_pairs, bayes_update, budget_curve, calibrate,
-                            combine_votes, dedupe, fit_slope, loop_params, out_of_fold, p_wrong, pair_key, reannotator, restyle,
+                            calibrated, combine_votes, dedupe, fit_calibration, loop_params, nuisance_features, out_of_fold, p_wrong, pair_key, reannotator, restyle,
                             review_order, run_iteration, same_image_negatives)
 from dt2it_mrm.resample import relabel
 from dt2it_mrm.reward_model import fold_of
@@ -39,24 +39,45 @@ def test_each_unique_item_scored_once_per_member():
     with pytest.raises(ValueError, match="non-finite"): EnsembleScores([lambda it: np.array([0, np.nan])]).margins([pair("p", "A", "B")])
 
 
-def test_fit_slope_is_the_maximum_likelihood_and_calibrates():
+def test_fit_calibration_is_the_maximum_likelihood_and_calibrates():
     r = np.random.default_rng(0)
     true_a, m = 1.7, r.normal(0.5, 2.0, 20000)
     right = r.random(len(m)) < 1 / (1 + np.exp(-true_a * m))   # P(label right | m) = σ(a m)
     signed = np.where(right, m, -m)                              # the margin of the right label
-    a = fit_slope(signed)
+    a = fit_calibration(signed)[0]
     assert abs(a - true_a) < 0.1
-    eps = 1e-4
     ll = lambda a: -np.logaddexp(0, -a * signed).sum() - 1e-3 * a * a / 2
-    assert ll(a) >= ll(a + eps) and ll(a) >= ll(a - eps)
-    assert fit_slope(np.array([])) == 1.0 and np.isfinite(fit_slope(np.array([1.0, 2.0])))  # separable: finite by the ridge
-    assert calibrate(np.stack([signed, 2 * signed])).round(2).tolist() == [round(a, 2), round(a / 2, 2)]
+    assert ll(a) >= ll(a + 1e-4) and ll(a) >= ll(a - 1e-4)
+    assert fit_calibration(np.zeros((0, 2))).tolist() == [1.0, 0.0] and np.isfinite(fit_calibration(np.array([1.0, 2.0]))).all()
+    assert calibrate(np.stack([signed, 2 * signed])).round(2).ravel().tolist() == [round(a, 2), round(a / 2, 2)]
+
+
+def test_a_length_shortcut_is_calibrated_out_on_neutral_dev():
+    r = np.random.default_rng(1)
+    n = 6000
+    sig = r.normal(0.8, 1.5, n)                     # the model's knowledge of the truth (label-right direction)
+    z = r.choice([-1.0, 1.0], n)                    # dev is neutral: chosen longer half the time
+    W = calibrate((sig + 1.5 * z)[None, :], z[:, None])
+    plain = calibrate((sig + 1.5 * z)[None, :])
+    # training pairs: 90% of labels right, the better answer the longer one 80% of the time, so a right label's chosen
+    # answer is mostly the longer and a wrong label's mostly the shorter; the model adds its length bonus to both
+    right = r.random(n) < 0.9
+    zt = np.where((r.random(n) < 0.8) == right, 1.0, -1.0)
+    m_t = r.normal(0.8, 1.5, n) * np.where(right, 1, -1) + 1.5 * zt
+    prior = np.where(zt > 0, 0.9 * 0.8 / (0.9 * 0.8 + 0.1 * 0.2), 0.9 * 0.2 / (0.9 * 0.2 + 0.1 * 0.8))  # the construction's confidence, which knows the length structure
+    def flip_precision(L):
+        flips = p_wrong(prior, L) > 0.5
+        return (~right[flips]).mean(), flips.sum()
+    (p_aware, n_aware), (p_plain, n_plain) = flip_precision(calibrated(m_t[None, :], W, zt[:, None])[0]), flip_precision(calibrated(m_t[None, :], plain)[0])
+    assert p_aware > 0.6 and p_aware > p_plain, (p_aware, n_aware, p_plain, n_plain)  # measured: 0.627 (279 flips) vs 0.586 (372)
+    recs = [pair("p", "a long answer", "short"), pair("q", "Yes. As shown,", "No", ), pair("r", "x", "As shown, y")]
+    assert np.allclose(nuisance_features(recs, ["As shown,"]), [[1, 0.08, 0], [1, 0.12, 1], [-1, -0.10, -1]])
 
 
 def test_out_of_fold_uses_only_members_that_did_not_see_the_pair():
-    M = np.array([[10., 1., 2.], [-10., 3., 4.]])
+    L = calibrated(np.array([[10., 1., 2.], [-10., 3., 4.]]), np.array([[1.], [2.]]))
     saw = np.array([[True, False, True], [False, False, True]])
-    logit, oof = out_of_fold(M, np.array([1., 2.]), saw)
+    logit, oof = out_of_fold(L, saw)
     assert logit.tolist() == [-20., (1 + 6) / 2, (2 + 8) / 2] and oof.tolist() == [True, True, False]
 
 
@@ -170,14 +191,14 @@ def test_budget_curve_active_beats_random_when_the_order_knows_where_errors_are(
 def test_nothing_bypasses_review_and_undecided_pairs_are_kept():
     recs = [pair(k, f"{k}1", f"{k}2", meta={"label_confidence": 0.9}) for k in "abcd"]
     tab = {"a1": -3.0, "b1": 1.0, "c1": -1.5, "d1": 2.0}  # a: P(wrong) 0.69, flipped to 0.31, still reviewed; c: 0.33
-    out, log = run_iteration(recs, [Table(tab)], None, None, lambda rs: [None] * len(rs), 4, params={"judge_budget": 8, "hard_share": 0.0})
+    out, log = run_iteration(recs, [Table(tab)], None, None, lambda rs: [None] * len(rs), 4, params={"judge_budget": 8, "hard_share": 0.0, "flip_above": 0.5})
     assert log["flip"]["flipped"] == 1 and log["review"]["sent"] == 2 and log["review"]["undecided"] == 2
     assert [r["id"] for r in out] == list("abcd")  # undecided: kept, not dropped
     a = out[0]
-    assert a["chosen"] == "a2" and a["meta"]["curation"][0] == "flip" and abs(a["meta"]["label_confidence"] - 0.1) < 1e-12
+    assert a["chosen"] == "a2" and a["meta"]["curation"][0] == "flip" and abs(a["meta"]["label_confidence"] - 1 / (1 + np.exp(np.log(9) - 3))) < 1e-12  # its posterior carried
     assert out[0]["weight"] < 1 and all(0 < r["weight"] <= 1 for r in out)  # down-weighted by the posterior
     assert log["truth"]["label_accuracy_before"] is None  # no truth: no figure
-    _, log2 = run_iteration(out, [Table(tab)], None, None, lambda rs: [None] * len(rs), 4, params={"judge_budget": 8, "hard_share": 0.0})
+    _, log2 = run_iteration(out, [Table(tab)], None, None, lambda rs: [None] * len(rs), 4, params={"judge_budget": 8, "hard_share": 0.0, "flip_above": 0.5})
     assert log2["review"]["sent"] == 0 and log2["review"]["undecided_before"] == 2  # not asked again
 
 
@@ -238,3 +259,12 @@ def test_iteration_on_the_world_makes_labels_better(world_slice):
     assert len({r["id"] for r in out}) == len(out) == log["merge"]["size"]
     again, log2 = run_iteration(recs, members, **args)
     assert again == out and log2 == log  # deterministic
+
+
+def test_an_undecided_label_more_likely_wrong_than_right_is_dropped_and_counted():
+    recs = [pair(k, f"{k}1", f"{k}2", meta={"label_confidence": 0.9}) for k in "ab"]
+    tab = {"a1": -2.6, "b1": 1.0}  # a: P(wrong) 0.60, between 0.5 and flip_above 0.7: not flipped
+    truth = lambda rs: np.array([float(r["chosen"] == f"{r['id']}2") if r["id"] == "a" else 1.0 for r in rs])  # a's label is wrong
+    out, log = run_iteration(recs, [Table(tab)], reannotate=lambda rs: [None] * len(rs), calls_per_pair=4, params={"hard_share": 0.0}, truth=truth)
+    assert [r["id"] for r in out] == ["b"] and log["review"]["dropped"] == 1 and log["review"]["dropped_were_wrong"] == 1.0
+    assert log["truth"]["label_accuracy_before"] == 0.5 and log["truth"]["label_accuracy_after"] == 1.0

@@ -49,3 +49,19 @@ def test_shortcut_follows_the_label_and_weights_average_one(world):
     recs, rep = construct_weights(flipped, conf, tm, {"group": {"power": 1.0}, "shortcut": {"strength": 1.0}})
     ws = np.array([r["weight"] for r in recs])
     assert abs(ws.mean() - 1) < 1e-9 and rep["n"] == 50 and len(set(np.round(ws, 6))) > 1
+
+
+def test_label_confidence_is_the_posterior_of_the_final_label(world):
+    cfg, w = world
+    raw = w["train_raw"][:40]
+    post = np.linspace(0.05, 0.95, 40)
+    ds, conf, _ = construct_labels(raw, post, "ds")
+    assert np.allclose([r["meta"]["label_confidence"] for r in ds], np.maximum(post, 1 - post)) and np.allclose(conf, np.maximum(post, 1 - post))
+    # a judge that flips every unsure pair: its label's confidence combines the Dawid-Skene odds with the judge's A/(1-A)
+    flip_all = lambda rs: [{**r, "meta": {**r["meta"], "judge": {"verdict": "rejected"}}} for r in rs]
+    out, _, c = construct_labels(raw, post, "ds_judge", flip_all, ds_confidence=0.8, judge_accuracy=0.9)
+    q = 1 - np.maximum(post, 1 - post)  # the annotator model's probability of the judge's (opposite) label
+    asked = np.maximum(post, 1 - post) < 0.8
+    got = np.array([r["meta"]["label_confidence"] for r in out])
+    assert np.allclose(got[asked], q[asked] * 0.9 / (q[asked] * 0.9 + (1 - q[asked]) * 0.1))
+    assert np.allclose(got[~asked], np.maximum(post, 1 - post)[~asked]) and c["judge_flipped"] == asked.sum()

@@ -210,3 +210,14 @@ def test_accelerate_launch_with_two_processes_trains_the_same_model(base, world,
     assert one.keys() == two.keys() and any("lora_B" in k for k in one)
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6)
+
+
+def test_a_cross_fitted_ensemble_leaves_each_pair_to_a_member_that_never_saw_it(base, pairs, tmp_path):
+    from dt2it_mrm.reward_model import fold_of, members_saw
+    recs = pairs[:12] + [dict(pairs[0], id=pairs[0]["id"] + "~restyle-0001")]  # a pair derived from pair 0 shares its fold
+    paths, reps = train_ensemble(recs, base, RMConfig(lora_r=4, epochs=1, batch_size=2), k=3, out_dir=tmp_path / "cf", progress=False, crossfit=True)
+    saw = members_saw(tmp_path / "cf", [r["id"] for r in recs])
+    assert saw.shape == (3, 13) and (saw.sum(0) == 2).all() and (saw[:, 0] == saw[:, 12]).all()
+    assert [r["pairs"] for r in reps] == saw.sum(1).tolist()  # each member trained on exactly the pairs it is said to have seen
+    assert fold_of("p~x-1", 3, 0) == fold_of("p", 3, 0) and members_saw(tmp_path / "none", ["a"]).all()  # not an ensemble: in-sample
+    with pytest.raises(ValueError, match="at least 2"): train_ensemble(recs, base, RMConfig(), k=1, out_dir=tmp_path / "x", crossfit=True)

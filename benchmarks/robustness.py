@@ -70,7 +70,7 @@ def run_setting(name: str, worlds: list[int], work: Path, timeout: int) -> dict:
     study = json.loads((d / "reports/metrics/study.json").read_text())
     return {"setting": name, "what": SETTINGS[name][0], "worlds": worlds, "seconds": round(time.perf_counter() - t0),
             "claims": study["claims"], "summary": {a: study["summary"][a] for a in ARMS if a in study["summary"]},
-            "rules": study["rules"], "curation_label_accuracy": {it: {w: [log["gold"]["label_accuracy_before"], log["gold"]["label_accuracy_after"]]
+            "rules": study["rules"], "curation_label_accuracy": {it: {w: [log["truth"]["label_accuracy_before"], log["truth"]["label_accuracy_after"]]
                                                                       for w, log in ws.items()} for it, ws in study["curation"].items()}}
 
 

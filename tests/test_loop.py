@@ -191,7 +191,7 @@ def test_budget_curve_active_beats_random_when_the_order_knows_where_errors_are(
 def test_nothing_bypasses_review_and_undecided_pairs_are_kept():
     recs = [pair(k, f"{k}1", f"{k}2", meta={"label_confidence": 0.9}) for k in "abcd"]
     tab = {"a1": -3.0, "b1": 1.0, "c1": -1.5, "d1": 2.0}  # a: P(wrong) 0.69, flipped to 0.31, still reviewed; c: 0.33
-    out, log = run_iteration(recs, [Table(tab)], None, None, lambda rs: [None] * len(rs), 4, params={"judge_budget": 8, "hard_share": 0.0, "flip_above": 0.5})
+    out, log = run_iteration(recs, [Table(tab)], None, None, lambda rs: [None] * len(rs), 4, params={"judge_budget": 8, "hard_share": 0.0, "flip_above": 0.5, "carry": "all"})
     assert log["flip"]["flipped"] == 1 and log["review"]["sent"] == 2 and log["review"]["undecided"] == 2
     assert [r["id"] for r in out] == list("abcd")  # undecided: kept, not dropped
     a = out[0]
@@ -268,3 +268,10 @@ def test_an_undecided_label_more_likely_wrong_than_right_is_dropped_and_counted(
     out, log = run_iteration(recs, [Table(tab)], reannotate=lambda rs: [None] * len(rs), calls_per_pair=4, params={"hard_share": 0.0}, truth=truth)
     assert [r["id"] for r in out] == ["b"] and log["review"]["dropped"] == 1 and log["review"]["dropped_were_wrong"] == 1.0
     assert log["truth"]["label_accuracy_before"] == 0.5 and log["truth"]["label_accuracy_after"] == 1.0
+
+
+def test_carry_none_keeps_the_construction_prior_and_turns_it_with_a_flip():
+    recs = [pair(k, f"{k}1", f"{k}2", meta={"label_confidence": 0.9}) for k in "ab"]
+    tab = {"a1": -8.0, "b1": -1.0}  # a: flipped (P(wrong) > 0.9); b: kept, no panel
+    out, log = run_iteration(recs, [Table(tab)], params={"hard_share": 0.0, "carry": "none"})
+    assert log["flip"]["flipped"] == 1 and [round(r["meta"]["label_confidence"], 12) for r in out] == [0.1, 0.9]

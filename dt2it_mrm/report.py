@@ -390,6 +390,9 @@ def results_markdown(study: dict,            # the report stage's study dict: cl
         md += ["", "## Iterative curation: what the loop does to the labels", "",
                "Label accuracy of each curated training set, measured from what its pairs now say (not from a copied field); the "
                "change's interval resamples worlds and redraws each share binomially.", "", loop_markdown(study["loop"])]
+        if fd := study["loop"].get("final_vs_debiased"):
+            md += ["", f"On `{p}`, the final iteration `{c['final_arm']}` against `debiased` (the constructed set, no curation): "
+                       f"{_pts(fd)} points (95% interval over worlds and pairs)."]
     if study.get("curation"):
         md += ["", "## Iterative curation, per world", "", frame_markdown(curation_table(study["curation"]))]
     md += ["", "## Figures", "", f"![per iteration]({Path(figures_dir) / 'iterations.png'})", f"![per group]({Path(figures_dir) / 'groups.png'})", ""]

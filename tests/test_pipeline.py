@@ -174,6 +174,8 @@ def test_the_whole_study_runs_on_a_tiny_world_and_a_loop_param_reruns_only_what_
     loop = study["loop"]["iterations"]["iter1"]  # label accuracy measured from the text in both worlds, and every ablation ran
     assert len(loop["before"]) == len(loop["after"]) == 2 and all(0.5 < x <= 1 for x in loop["before"] + loop["after"])
     assert set(study["loop"]["ablations"]) == {"full", *params["curate"]["ablations"]}
+    fd = study["loop"]["final_vs_debiased"]
+    assert fd["low"] <= fd["estimate"] <= fd["high"] and "against `debiased`" in (d / "reports/results.md").read_text()
     assert all(study["curation"]["iter1"][w]["score"]["in_sample"] == 0 for w in ("w0", "w1"))  # cross-fitted: every pair scored out of fold
     assert ran(run("repro")) == set()
     curated = (d / "data/curate/iter1/w0/train.jsonl").read_bytes()

@@ -30,7 +30,7 @@ from dt2it_mrm.core import atomic_write, load_params, rng, write_json  # noqa: E
 from dt2it_mrm.judge import distil_pairs, judge_from_params  # noqa: E402
 from dt2it_mrm.loop import nuisance_features, reannotator, restyle, run_iteration  # noqa: E402
 from dt2it_mrm.reward_model import fold_of  # noqa: E402
-from dt2it_mrm.world import SimJudge, SimRewriter, WorldConfig, WorldTruth, make_split  # noqa: E402
+from dt2it_mrm.world import SimJudge, SimRewriter, WorldConfig, WorldTruth, answer_key, make_split  # noqa: E402
 from robustness import SETTINGS  # noqa: E402
 
 QUALITY = {"weak": 2.0, "strong": 0.8}  # member noise sd, in errors
@@ -55,14 +55,16 @@ def members(truth: WorldTruth, noise: float, seed: int, k: int = 3):
     return [member(m) for m in range(k)]
 
 
+def sim_judge(cfg: WorldConfig, recs: list[dict], truth: WorldTruth, seed: int):
+    "A simulated judge (a `Judge`) that knows the measured truth of every answer in `recs`."
+    known = {answer_key(r["images"][0], r["question"], a): (truth.errors(r["images"][0], a), truth.difficulty(r["images"][0]))
+             for r in recs for a in (r["chosen"], r["rejected"])}
+    return judge_from_params({"backend": "sim"}, sim_judge=SimJudge(known, **cfg.judge, seed=seed, max_errors=cfg.max_errors), progress=False)
+
+
 def judges_for(cfg: WorldConfig, recs: list[dict], truth: WorldTruth, min_decisive: int, seeds=(1, 2)):
     "The curation panel: two simulated judges, each asked in both orders, that know the measured truth of `recs`."
-    sims = []
-    for s in seeds:
-        j = SimJudge({}, **cfg.judge, seed=s, max_errors=cfg.max_errors)
-        for r in recs:
-            for a in (r["chosen"], r["rejected"]): j.add_truth(r["images"][0], r["question"], a, truth.errors(r["images"][0], a), truth.difficulty(r["images"][0]))
-        sims.append(judge_from_params({"backend": "sim"}, sim_judge=j, progress=False))
+    sims = [sim_judge(cfg, recs, truth, s) for s in seeds]
     def voter(j):
         return lambda rs: [{"chosen": 1, "rejected": 0}.get(a["meta"]["judge"]["verdict"]) for a in distil_pairs(rs, j, "pairwise", both_orders=True, seed=0)]
     return reannotator([voter(j) for j in sims], min_decisive)
@@ -72,10 +74,7 @@ def run_world(setting: str, seed: int, quality: str, iterations: int = 3, overri
     cfg, raw, dev, truth, p = world_of(setting, seed)
     cp = p["construct"]
     post, _ = dawid_skene(raw, threshold=p["bias_audit"]["ds"]["threshold"])
-    judge0 = SimJudge({}, **cfg.judge, seed=seed, max_errors=cfg.max_errors)
-    for r in raw:
-        for a in (r["chosen"], r["rejected"]): judge0.add_truth(r["images"][0], r["question"], a, truth.errors(r["images"][0], a), truth.difficulty(r["images"][0]))
-    j0 = judge_from_params({"backend": "sim"}, sim_judge=judge0, progress=False)
+    j0 = sim_judge(cfg, raw, truth, seed)
     judge_fn = lambda rs: distil_pairs(rs, j0, "pairwise", both_orders=True, seed=seed)
     recs, _, _ = construct_labels(raw, post, "ds_judge", judge_fn, cp["ds_confidence"], cp["drop_undecided"], cp["judge_accuracy"])
     lp = dict(p["curate"]["loop"], **(overrides or {}))

@@ -13,8 +13,9 @@ import yaml
 
 # %% auto #0
 __all__ = ['ROOT_MARKERS', 'OFFLINE_ENV', 'WORLD_FIELD', 'RUNNER_PARAMS', 'project_root', 'stable_hash', 'rng', 'seed_everything',
-           'atomic_write', 'to_jsonable', 'write_json', 'read_json', 'write_jsonl', 'load_params', 'get_param',
-           'stage_params', 'set_offline', 'scrub_paths', 'world_name', 'for_world', 'world_runs', 'run_stage', 'main']
+           'atomic_write', 'to_jsonable', 'write_json', 'read_json', 'without_surrogates', 'jsonl_line', 'write_jsonl',
+           'jsonl_lines', 'read_jsonl', 'load_params', 'get_param', 'stage_params', 'set_offline', 'scrub_paths',
+           'world_name', 'for_world', 'world_runs', 'run_stage', 'main']
 
 # %% ../nbs/00_core.ipynb #09011fd1
 ROOT_MARKERS = ("params.yaml", "settings.ini")
@@ -51,14 +52,19 @@ def seed_everything(seed: int): # the seed for Python, NumPy and torch
     torch.manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #61495cce
+def _umask() -> int:
+    m = os.umask(0); os.umask(m); return m
+
 def atomic_write(path: str | Path,   # destination file; parent folders are created
                  data: str | bytes,  # the whole content
                 ) -> Path:
-    "Write `data` to `path` through a temporary file and an atomic rename."
+    "Write `data` to `path` through a temporary file, fsynced, and an atomic rename; the file gets the mode the umask allows."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f: f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 whatever the umask says
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
@@ -81,9 +87,32 @@ def read_json(path: str | Path) -> Any:
     "Read a JSON file."
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
+def without_surrogates(s: str) -> str:
+    "`s` with every lone UTF-16 surrogate (text that cannot be written as UTF-8) replaced by U+FFFD."
+    try: s.encode("utf-8"); return s
+    except UnicodeEncodeError: return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}  # str.splitlines breaks on them; JSON need not escape them
+
+def jsonl_line(obj: Any) -> str:
+    "`obj` as one JSON Lines line (newline included): UTF-8 text, but every character a line splitter may break on escaped."
+    s = json.dumps(to_jsonable(obj), ensure_ascii=False)
+    for c, e in _LINE_BREAKS.items():
+        if c in s: s = s.replace(c, e)
+    return s + "\n"
+
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     "Atomically write `rows` as JSON Lines, one compact object per line."
-    return atomic_write(path, "".join(json.dumps(to_jsonable(r), ensure_ascii=False) + "\n" for r in rows))
+    return atomic_write(path, "".join(map(jsonl_line, rows)))
+
+def jsonl_lines(data: bytes | str) -> list[str]:
+    "The non-blank lines of JSON Lines text, split on `\\n` only (never on U+2028, U+2029 or U+0085 inside a string)."
+    s = data.decode("utf-8") if isinstance(data, bytes) else data
+    return [l for l in s.split("\n") if l.strip()]
+
+def read_jsonl(path: str | Path) -> list:
+    "Every row of a JSON Lines file this project wrote (for files from users, see `dt2it_mrm.data.read_records`)."
+    return [json.loads(l) for l in jsonl_lines(Path(path).read_bytes())]
 
 # %% ../nbs/00_core.ipynb #13edb07d
 def load_params(path: str | Path = "params.yaml") -> dict:

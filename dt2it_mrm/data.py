@@ -18,8 +18,8 @@ from .core import stable_hash, to_jsonable, write_jsonl
 __all__ = ['FIELD_TYPES', 'SIDE_META', 'SIDE_TAGS', 'PLACEHOLDER', 'MAX_PIXELS', 'FORMATS', 'FieldError', 'check_field',
            'PrefRecord', 'ListRecord', 'list_to_pairs', 'swap_sides', 'validate_pair', 'validate_list', 'ImageError',
            'ImageInfo', 'resolve_image', 'check_image', 'ImageChecker', 'to_rgb', 'load_image', 'Format', 'lf_parse',
-           'lf_dump', 'trl_parse', 'trl_dump', 'write_records', 'PreferenceDataError', 'ReadReport', 'read_records',
-           'read_preferences', 'trl_features', 'to_trl_dataset', 'from_trl_dataset']
+           'lf_dump', 'trl_parse', 'trl_dump', 'write_records', 'PreferenceDataError', 'ReadReport', 'parse_json_line',
+           'read_records', 'read_preferences', 'trl_features', 'to_trl_dataset', 'from_trl_dataset']
 
 # %% ../nbs/01_data.ipynb #7f8545c8
 class FieldError(ValueError):
@@ -31,7 +31,10 @@ class FieldError(ValueError):
         super().__init__(f"field {field!r}: {detail}" if field else detail)
         self.field, self.reason, self.detail = field, reason, detail
 
-def _num(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _num(v):
+    if not isinstance(v, (int, float)) or isinstance(v, bool): return False
+    try: return math.isfinite(v)
+    except OverflowError: return False  # an integer beyond float range
 def _01(v): return type(v) is int and v in (0, 1)
 def _str(v): return isinstance(v, str)
 def _strs(v): return isinstance(v, list) and all(map(_str, v))
@@ -156,6 +159,7 @@ def _norm(s: str) -> str: return " ".join(s.split())
 
 def _check_response(name, s):
     if not s.strip(): raise FieldError(name, "empty_response", "empty response" if not s else "whitespace-only response")
+    if PLACEHOLDER in s: raise FieldError(name, "placeholder_in_response", f"a response holds {PLACEHOLDER}: the model would look for an image there")
 
 def _check_placeholders(name, text, n_images, required=False):
     k = text.count(PLACEHOLDER)
@@ -189,25 +193,37 @@ def _list_key(r): return ("list", tuple(r.images), _norm(r.question), tuple(map(
 MAX_PIXELS = 40_000_000 # default refusal threshold, below PIL's bomb warning at ~89 M pixels
 
 class ImageError(ValueError):
-    "An unusable image file; `reason` is one of missing_image, empty_image, corrupt_image, image_too_large."
+    "An unusable image file; `reason` is one of missing_image, empty_image, corrupt_image, image_too_large, bad_path, outside_root."
     def __init__(self, reason: str, detail: str): super().__init__(detail); self.reason, self.detail = reason, detail
 
 @dataclass
 class ImageInfo:
     "What the header of a valid image file says."
     path: str; width: int; height: int; mode: str; format: str | None
+    frames: int = 1   # more than one: an animation, of which only the first frame is used
 
 def resolve_image(path: str | Path,                 # a record's image path
                   image_root: str | Path | None = None, # folder for relative paths; default the working directory
+                  allow_outside_root: bool = False, # with an `image_root`, also paths that leave it (absolute, `..`, symlinks)
                  ) -> Path:
-    "`path` as a `Path`: absolute paths as they are, relative ones under `image_root`."
+    "`path` as a `Path` (relative ones under `image_root`), refused with an `ImageError` if it resolves outside `image_root`."
     p = Path(path)
-    return p if p.is_absolute() or image_root is None else Path(image_root) / p
+    if image_root is None: return p
+    q = p if p.is_absolute() else Path(image_root) / p
+    if allow_outside_root: return q
+    try: real, root = q.resolve(), Path(image_root).resolve()
+    except (OSError, RuntimeError) as e: raise ImageError("bad_path", f"{path}: cannot resolve ({e})") from None
+    if not real.is_relative_to(root):
+        raise ImageError("outside_root", f"{path} resolves to {real}, outside image_root {root}; nothing outside it is read "
+                                         "unless allow_outside_root is set")
+    return q
 
 def _open(p: Path, max_pixels: int | None) -> Image.Image:
     "`p` opened lazily (header only), refused if over `max_pixels` before any pixel is decoded."
-    if not p.is_file(): raise ImageError("missing_image", f"no image file {p}")
-    if p.stat().st_size == 0: raise ImageError("empty_image", f"zero-byte image file {p}")
+    try:
+        if not p.is_file(): raise ImageError("missing_image", f"no image file {p}")
+        if p.stat().st_size == 0: raise ImageError("empty_image", f"zero-byte image file {p}")
+    except OSError as e: raise ImageError("bad_path", f"{str(p)[:120]}: {e.strerror or e}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try: im = Image.open(p)
@@ -226,18 +242,18 @@ def check_image(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> ImageI
     "The header of the image at `path` after a size check and a full decode; an `ImageError` says what is wrong."
     p = Path(path)
     with _open(p, max_pixels) as im:
-        info = ImageInfo(str(p), *im.size, im.mode, im.format)
+        info = ImageInfo(str(p), *im.size, im.mode, im.format, int(getattr(im, "n_frames", 1) or 1))
         _decoded(im, p)
     return info
 
 class ImageChecker:
     "`check_image` once per resolved path: verdicts (good or bad) are remembered."
-    def __init__(self, image_root: str | Path | None = None, max_pixels: int | None = MAX_PIXELS):
-        self.image_root, self.max_pixels, self.seen = image_root, max_pixels, {}
+    def __init__(self, image_root: str | Path | None = None, max_pixels: int | None = MAX_PIXELS, allow_outside_root: bool = False):
+        self.image_root, self.max_pixels, self.allow_outside_root, self.seen = image_root, max_pixels, allow_outside_root, {}
 
     def __call__(self, path: str) -> ImageInfo:
         "The `ImageInfo` of `path`, or its `ImageError` (raised anew each time it is asked)."
-        p = resolve_image(path, self.image_root)
+        p = resolve_image(path, self.image_root, self.allow_outside_root)
         if p not in self.seen:
             try: self.seen[p] = check_image(p, self.max_pixels)
             except ImageError as e: self.seen[p] = e
@@ -252,17 +268,32 @@ class ImageChecker:
             if isinstance(v, ImageInfo) and v.mode != "RGB": out[v.mode] = out.get(v.mode, 0) + 1
         return out
 
+    def lossy(self) -> dict[str, int]:
+        "Distinct valid images per conversion that loses information: what `load_image` will do to them."
+        out = {}
+        for v in self.seen.values():
+            if not isinstance(v, ImageInfo): continue
+            for kind, hit in (("animation: first frame only", v.frames > 1), ("transparency composited on white", v.mode in _ALPHA_MODES),
+                              ("16/32-bit or float pixels reduced to 8 bits", v.mode in _INT_MODES or v.mode == "F")):
+                if hit: out[kind] = out.get(kind, 0) + 1
+        return out
+
 # %% ../nbs/01_data.ipynb #e7a5b3ba
 _INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
+def _to_8bit(a: np.ndarray, is_float: bool) -> np.ndarray:
+    "Pixel values on 0..255 from their range: floats in 0..1 scaled by 255, integers by the smallest of 8, 16 or 32 bits that holds them."
+    finite = a[np.isfinite(a)]; top = float(finite.max()) if finite.size else 0.0
+    if is_float: scale = 255.0 if top <= 1.0 else 1.0
+    else: scale = 1.0 if top <= 255 else 1 / 257 if top <= 65535 else 255 / 4294967295
+    return np.clip(np.nan_to_num(a * scale).round(), 0, 255).astype(np.uint8)
+
 def to_rgb(im: Image.Image, background: tuple = (255, 255, 255)) -> Image.Image:
-    "`im` in RGB: transparency composited on `background`, 16-bit integer greyscale scaled by 1/257, float clipped to 0..255."
+    "`im` in RGB: transparency composited on `background`; 16/32-bit and float greyscale scaled to 8 bits by their range (`_to_8bit`)."
     if im.mode == "RGB": return im
     if im.mode in _INT_MODES or im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        if im.mode != "F": a = a / 257
-        return Image.fromarray(np.clip(a.round(), 0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(_to_8bit(np.asarray(im, dtype=np.float64), im.mode == "F"), "L").convert("RGB")
     if im.mode == "P" and "transparency" in im.info: im = im.convert("RGBA")
     if im.mode in _ALPHA_MODES:
         rgba = im.convert("RGBA")
@@ -272,9 +303,10 @@ def to_rgb(im: Image.Image, background: tuple = (255, 255, 255)) -> Image.Image:
 def load_image(path: str | Path,                     # an image path as records hold it
                image_root: str | Path | None = None, # folder for relative paths
                max_pixels: int | None = MAX_PIXELS,  # refuse larger images before decoding
+               allow_outside_root: bool = False,     # with an `image_root`, also read files outside it
               ) -> Image.Image:
-    "The image at `path`, size-checked before decoding, EXIF-rotated and converted to RGB."
-    p = resolve_image(path, image_root)
+    "The image at `path` (contained in `image_root`), size-checked before decoding, EXIF-rotated and converted to RGB."
+    p = resolve_image(path, image_root, allow_outside_root)
     with _open(p, max_pixels) as im: return to_rgb(ImageOps.exif_transpose(_decoded(im, p)))
 
 # %% ../nbs/01_data.ipynb #88dcb535
@@ -440,6 +472,8 @@ class ReadReport:
     quarantined: int = 0    # lines sent to the quarantine file
     by_reason: dict = field(default_factory=dict) # reason -> quarantined lines
     converted: dict = field(default_factory=dict) # image mode -> distinct non-RGB images `load_image` converts
+    lossy: dict = field(default_factory=dict)     # conversion that loses information -> distinct images (also warned)
+    no_pairs: dict = field(default_factory=dict)  # listwise: reason -> kept lists that expand to no pair (also warned)
     images_checked: int = 0 # distinct image files checked (each once)
     records: int = 0        # records returned (listwise lines expand to several pairs)
     quarantine_path: str | None = None
@@ -447,7 +481,40 @@ class ReadReport:
 def _rows(path: Path) -> tuple[str, Iterator[tuple[int, str, Any]]]:
     "The unit (`line` or `item`) and (number, raw text, parsed JSON or a `FieldError`) per non-blank line or array item."
     with open(path, "rb") as f: head = f.read(64).lstrip(codecs.BOM_UTF8).lstrip()
-    return ("item", _array_rows(path)) if head.startswith(b"[") else ("line", _jsonl_rows(path))
+    if head.startswith(b"["):
+        try: return "item", _array_rows(path)
+        except PreferenceDataError:
+            if path.suffix == ".json": raise
+    return "line", _jsonl_rows(path)
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    d = {}
+    for k, v in pairs:
+        if k in d: raise FieldError(k, "duplicate_key", f"key {k!r} appears twice in one object (JSON readers keep either value)")
+        d[k] = v
+    return d
+
+def _surrogate_field(obj: Any, where: str | None = None) -> str | None:
+    "The field holding a lone UTF-16 surrogate (text that is not Unicode), or None."
+    if isinstance(obj, str):
+        try: obj.encode("utf-8"); return None
+        except UnicodeEncodeError: return where or "(record)"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        if isinstance(k, str) and _surrogate_field(k) is not None: return str(where or "(record)")
+        if (f := _surrogate_field(v, k if where is None else f"{where}.{k}" if isinstance(k, str) else f"{where}[{k}]")) is not None: return f
+    return None
+
+def parse_json_line(s: str) -> Any:
+    "One JSON value, or the `FieldError` that says why the text is not one a record can come from."
+    try: obj = json.loads(s, object_pairs_hook=_no_duplicate_keys)
+    except FieldError as e: return e
+    except json.JSONDecodeError as e: return FieldError(None, "malformed_json", f"malformed JSON: {e.msg} at column {e.colno}")
+    except RecursionError: return FieldError(None, "too_deep", "JSON nested too deeply to read")
+    except ValueError as e: return FieldError(None, "number_too_long", f"a number too long to read ({e})")
+    if (f := _surrogate_field(obj)) is not None:
+        return FieldError(f, "bad_text", "holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape that is not half of a pair): not Unicode text")
+    return obj
 
 def _jsonl_rows(path):
     with open(path, "rb") as f:
@@ -458,22 +525,28 @@ def _jsonl_rows(path):
                 yield i, b.decode("utf-8", "backslashreplace").rstrip("\r\n"), FieldError(None, "not_utf8", f"bytes that are not UTF-8 at byte {e.start + 1} of the line: {b[e.start:e.end]!r}")
                 continue
             if not s.strip(): continue
-            try: obj = json.loads(s)
-            except json.JSONDecodeError as e: obj = FieldError(None, "malformed_json", f"malformed JSON: {e.msg} at column {e.colno}")
-            yield i, s.rstrip("\r\n"), obj
+            yield i, s.rstrip("\r\n"), parse_json_line(s)
 
 def _array_rows(path):
     b = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
     try: items = json.loads(b.decode("utf-8"))
     except UnicodeDecodeError as e: raise PreferenceDataError(path, b[:e.start].count(b"\n") + 1, None, "not_utf8", "bytes that are not UTF-8 in a JSON-array file") from None
     except json.JSONDecodeError as e: raise PreferenceDataError(path, e.lineno, None, "malformed_json", f"malformed JSON array: {e.msg} at column {e.colno}") from None
-    for i, o in enumerate(items, 1): yield i, json.dumps(o, ensure_ascii=False), o
+    except (RecursionError, ValueError) as e: raise PreferenceDataError(path, 1, None, "malformed_json", f"unreadable JSON array: {type(e).__name__}") from None
+    if not isinstance(items, list): raise PreferenceDataError(path, 1, None, "malformed_json", "not a JSON array")
+    def rows():
+        for i, o in enumerate(items, 1):
+            raw = json.dumps(o, ensure_ascii=True)
+            yield i, raw, parse_json_line(raw)
+    return rows()
 
 def _check_row(obj, F: Format, images: ImageChecker | None, ids: dict, keys: dict, unit: str):
     "The record of one parsed row after every check; a `FieldError` names the first problem."
     if isinstance(obj, FieldError): raise obj
     rec = F.validate(F.parse(_object(obj)))
     if (k := F.key(rec)) in keys: raise FieldError(None, "duplicate_pair", f"duplicate pair: same images, question and responses as {unit} {keys[k]}")
+    if k[0] == "pair" and (s := (*k[:3], k[4], k[3])) in keys:
+        raise FieldError("chosen", "contradicting_pair", f"the same pair with chosen and rejected swapped is on {unit} {keys[s]}: the labels contradict")
     if rec.id in ids: raise FieldError("id", "duplicate_id", f"id {rec.id!r} already used on {unit} {ids[rec.id]}")
     for i, p in enumerate(rec.images if images else []):
         try: images(p)
@@ -483,16 +556,20 @@ def _check_row(obj, F: Format, images: ImageChecker | None, ids: dict, keys: dic
 # %% ../nbs/01_data.ipynb #b5f48941
 def read_records(path: str | Path,                      # a JSONL file (or a JSON-array file)
                  fmt: str = "jsonl",                    # a key of `FORMATS`
-                 image_root: str | Path | None = None,  # folder for relative image paths; default the working directory
+                 image_root: str | Path | None = None,  # folder for relative image paths (every path must stay in it); default the working directory
                  on_error: str = "raise",               # "raise" or "quarantine"
-                 quarantine_path: str | Path | None = None, # default `<path>.quarantine.jsonl`
+                 quarantine_path: str | Path | None = None, # default `<path>.quarantine.jsonl`; never the input itself
                  check_images: bool = True,             # open and decode each image file once
                  max_pixels: int | None = MAX_PIXELS,   # larger images are refused from their header
+                 allow_outside_root: bool = False,      # accept image paths that leave `image_root`
                 ) -> tuple[list, ReadReport]:
     "The valid records of format `fmt` in `path` and a `ReadReport`; bad lines raise or are quarantined."
     if on_error not in ("raise", "quarantine"): raise ValueError(f"on_error must be 'raise' or 'quarantine', got {on_error!r}")
     F, path = _format(fmt), Path(path)
-    rep, images, ids, keys, out, bad = ReadReport(str(path), fmt), ImageChecker(image_root, max_pixels), {}, {}, [], []
+    qpath = Path(quarantine_path or path.with_name(path.name + ".quarantine.jsonl"))
+    if on_error == "quarantine" and qpath.resolve() == path.resolve():
+        raise ValueError(f"quarantine_path {qpath} is the input file {path}: quarantining would overwrite the input")
+    rep, images, ids, keys, out, bad = ReadReport(str(path), fmt), ImageChecker(image_root, max_pixels, allow_outside_root), {}, {}, [], []
     unit, rows = _rows(path)
     for n, raw, obj in rows:
         rep.read += 1
@@ -503,17 +580,29 @@ def read_records(path: str | Path,                      # a JSONL file (or a JSO
             bad.append(err.to_row(raw)); rep.by_reason[e.reason] = rep.by_reason.get(e.reason, 0) + 1
             continue
         keys[F.key(rec)] = ids[rec.id] = n; out.append(rec)
+    if rep.read == 0: raise PreferenceDataError(path, 0, None, "empty_file", "no records: the file is empty or holds only blank lines")
     rep.kept, rep.quarantined, rep.records = len(out), len(bad), len(out)
-    rep.images_checked, rep.converted = len(images.seen), images.converted()
+    rep.images_checked, rep.converted, rep.lossy = len(images.seen), images.converted(), images.lossy()
+    for kind, k in rep.lossy.items(): warnings.warn(f"{path}: {k} image(s) converted with loss ({kind})", stacklevel=2)
     if on_error == "quarantine":
-        rep.quarantine_path = str(write_jsonl(quarantine_path or path.with_name(path.name + ".quarantine.jsonl"), bad))
+        rep.quarantine_path = str(write_jsonl(qpath, bad))
     assert rep.read == rep.kept + rep.quarantined and sum(rep.by_reason.values()) == rep.quarantined
     return out, rep
 
+def _no_pairs_reason(lr: ListRecord) -> str:
+    sc = [s for s in (lr.scores or []) if s is not None]
+    return "unscored" if len(sc) < 2 else "all scores tied"
+
 def read_preferences(path: str | Path, fmt: str = "jsonl", **kw) -> tuple[list[PrefRecord], ReadReport]:
-    "Preference pairs from `path` as `read_records` reads them; listwise lines are expanded with `list_to_pairs`."
+    "Preference pairs from `path` as `read_records` reads them; listwise lines are expanded with `list_to_pairs` (lists that give none are counted and warned)."
     recs, rep = read_records(path, fmt, **kw)
-    if fmt == "listwise": recs = [p for lr in recs for p in list_to_pairs(lr)]
+    if fmt == "listwise":
+        pairs = []
+        for lr in recs:
+            got = list_to_pairs(lr); pairs += got
+            if not got: r = _no_pairs_reason(lr); rep.no_pairs[r] = rep.no_pairs.get(r, 0) + 1
+        for r, k in rep.no_pairs.items(): warnings.warn(f"{path}: {k} list(s) give no preference pair ({r})", stacklevel=2)
+        recs = pairs
     rep.records = len(recs)
     return recs, rep
 

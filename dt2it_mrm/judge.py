@@ -14,17 +14,19 @@ from typing import Any, Iterable, Protocol
 
 import numpy as np
 
-from .core import rng, stable_hash, to_jsonable
-from .data import PLACEHOLDER, PrefRecord, _text_parts, resolve_image, validate_pair
+from .config import Bool, Check, ConfigError, Int, Num, OneOf, Opt, Str, check_settings
+from .core import jsonl_line, rng, stable_hash, to_jsonable, without_surrogates
+from .data import PLACEHOLDER, ImageError, PrefRecord, _text_parts, resolve_image, validate_pair
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['RUBRIC', 'INSTRUCTIONS', 'PROTOCOLS', 'FIELD_ALIASES', 'T2I_QUESTION', 'JudgeRequest', 'make_request',
-           'normalise_json', 'loads_lenient', 'as_score', 'as_choice', 'as_scores', 'parse_reply', 'JudgeRequestError',
-           'Backend', 'SimBackend', 'retry_after_seconds', 'image_data_url', 'HTTPBackend', 'ResponseCache', 'Reply',
-           'Judge', 'judge_from_params', 'pair_views', 'combine_views', 'distil_pairs', 'position_bias_report',
-           'agreement_report', 'score_lists', 't2i_first_flags', 't2i_pairs', 'strength_vs_gap', 'measure_distillation']
+__all__ = ['RUBRIC', 'INSTRUCTIONS', 'PROTOCOLS', 'FIELD_ALIASES', 'HTTP_SCHEMA', 'MIN_KEY_CHARS', 'JUDGE_SCHEMA', 'T2I_QUESTION',
+           'JudgeRequest', 'make_request', 'normalise_json', 'loads_lenient', 'as_score', 'as_choice', 'as_scores',
+           'parse_reply', 'JudgeRequestError', 'Backend', 'SimBackend', 'retry_after_seconds', 'image_data_url',
+           'HTTPBackend', 'ResponseCache', 'Reply', 'Judge', 'judge_from_params', 'pair_views', 'combine_views',
+           'distil_pairs', 'position_bias_report', 'agreement_report', 'score_lists', 't2i_first_flags', 't2i_pairs',
+           'strength_vs_gap', 'measure_distillation']
 
 # %% ../nbs/05_judge.ipynb #6830529a
 RUBRIC = ("You are a careful judge of answers to a question about an image. Judge only factual correctness "
@@ -265,9 +267,12 @@ def retry_after_seconds(v: str | None) -> float | None:
     try: return max(0.0, parsedate_to_datetime(v).timestamp() - time.time())
     except (TypeError, ValueError): return None
 
-def image_data_url(path: str | Path, image_root: str | Path | None = None) -> str:
+def image_data_url(path: str | Path,
+                   image_root: str | Path | None = None, # relative paths resolve here, and every path must stay in it
+                   allow_outside_root: bool = False,     # send files outside `image_root` too (absolute paths, `..`, symlinks out)
+                  ) -> str:
     "The image file at `path` as a base64 `data:` URL."
-    p = resolve_image(path, image_root)
+    p = resolve_image(path, image_root, allow_outside_root)
     mime = mimetypes.guess_type(p.name)[0] or "image/png"
     return f"data:{mime};base64,{base64.b64encode(p.read_bytes()).decode('ascii')}"
 
@@ -278,41 +283,57 @@ def _reply_text(body: bytes) -> str:
     except (ValueError, KeyError, IndexError, TypeError) as e: raise _Retry(f"malformed response body ({type(e).__name__}): {body[:120]!r}") from None
     if isinstance(content, list): content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     if not isinstance(content, str): raise _Retry(f"malformed response body: message content is {type(content).__name__}")
-    return content
+    if not content.strip(): raise _Retry("empty reply")
+    return without_surrogates(content)
 
 # %% ../nbs/05_judge.ipynb #7c5853b8
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     "Redirects are refused: they would carry the key's header to another address."
     def redirect_request(self, *args, **kw): return None
 
+HTTP_SCHEMA = {"base_url": Str(), "model": Str(), "api_key_env": Opt(Str()), "timeout_s": Num(0, lo_open=True),
+               "max_retries": Int(0), "backoff_base_s": Num(0), "backoff_max_s": Num(0), "temperature": Num(0, 2),
+               "max_tokens": Int(1), "image_root": Opt(Str()), "allow_outside_root": Bool(), "seed": Int()}
+MIN_KEY_CHARS = 8  # a shorter key could not be redacted from replies and logs without mangling them
+
 class HTTPBackend:
     "A judge behind an OpenAI-compatible chat-completions endpoint, with retries; the key comes from an environment variable."
     def __init__(self, base_url: str,            # e.g. http://127.0.0.1:8000/v1
                  model: str,                     # model name the server knows
                  api_key_env: str | None = "JUDGE_API_KEY", # NAME of the environment variable holding the key; None: no key
-                 timeout_s: float = 60.0,        # per attempt
+                 timeout_s: float = 60.0,        # per attempt, the whole reply included (a server trickling its body is cut off)
                  max_retries: int = 5,           # retries after the first attempt
                  backoff_base_s: float = 1.0,
-                 backoff_max_s: float = 60.0,
+                 backoff_max_s: float = 60.0,    # longest wait between attempts, a server's Retry-After included
                  temperature: float = 0.0,
                  max_tokens: int = 512,
-                 image_root: str | Path | None = None, # folder for relative image paths
-                 seed: int = 0):                 # jitter stream
+                 image_root: str | Path | None = None, # folder for relative image paths; no file outside it is sent
+                 allow_outside_root: bool = False,     # send image files outside `image_root` too
+                 seed: int = 0,                  # jitter stream
+                 where: str = "judge.http"):     # the params key of these settings, named in errors
+        args = dict(base_url=base_url, model=model, api_key_env=api_key_env, timeout_s=timeout_s, max_retries=max_retries,
+                    backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s, temperature=temperature, max_tokens=max_tokens,
+                    image_root=str(image_root) if isinstance(image_root, Path) else image_root, allow_outside_root=allow_outside_root, seed=seed)
+        check_settings(args, HTTP_SCHEMA, where)
+        if not base_url.startswith(("http://", "https://")): raise ConfigError(f"{where}.base_url", base_url, "expected an http:// or https:// URL")
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
         self.timeout_s, self.max_retries, self.backoff_base_s, self.backoff_max_s = timeout_s, max_retries, backoff_base_s, backoff_max_s
-        self.temperature, self.max_tokens, self.image_root = temperature, max_tokens, image_root
+        self.temperature, self.max_tokens, self.image_root, self.allow_outside_root = temperature, max_tokens, image_root, allow_outside_root
         self._jitter, self._lock = random.Random(seed), threading.Lock()
         if api_key_env and not os.environ.get(api_key_env):
             raise ValueError(f"the judge API key variable {api_key_env} is not set in the environment; "
                              "set it, or set api_key_env to null for a server without authentication")
+        if api_key_env and len(os.environ[api_key_env]) < MIN_KEY_CHARS:
+            raise ValueError(f"the judge API key in {api_key_env} is {len(os.environ[api_key_env])} characters long; keys shorter than "
+                             f"{MIN_KEY_CHARS} cannot be redacted from replies and logs safely (set api_key_env to null for a server without authentication)")
         host = urllib.parse.urlparse(self.base_url).hostname or ""
         self._opener = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({} if host in ("127.0.0.1", "localhost", "::1") else None))
         self.fingerprint = f"http:{self.model}:" + stable_hash(self.base_url, self.model, temperature, max_tokens)
 
     @classmethod
-    def from_params(cls, p: dict, **kw) -> "HTTPBackend":
-        "From a params dict with this constructor's argument names."
-        return cls(**{**p, **kw})
+    def from_params(cls, p: dict, where: str = "judge.http", **kw) -> "HTTPBackend":
+        "From a params dict with this constructor's argument names (unknown keys are errors)."
+        return cls(**check_settings({**p, **kw}, HTTP_SCHEMA, where), where=where)
 
     def __repr__(self): return f"HTTPBackend({self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
 
@@ -334,8 +355,9 @@ class HTTPBackend:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if (k := self._key()): headers["Authorization"] = f"Bearer {k}"
         req = urllib.request.Request(f"{self.base_url}/chat/completions", data=data, headers=headers, method="POST")
+        deadline = time.monotonic() + self.timeout_s
         try:
-            with self._opener.open(req, timeout=self.timeout_s) as resp: body = resp.read()
+            with self._opener.open(req, timeout=self.timeout_s) as resp: body = self._read(resp, deadline)
         except urllib.error.HTTPError as e:
             try: snippet = e.read()[:200].decode("utf-8", "replace") if e.fp else ""
             except (OSError, http.client.HTTPException): snippet = ""
@@ -347,16 +369,26 @@ class HTTPBackend:
         except (ConnectionError, http.client.HTTPException, OSError) as e: raise _Retry(f"connection error: {type(e).__name__}: {e}") from None
         return _reply_text(body)
 
+    def _read(self, resp, deadline: float) -> bytes:
+        "The whole body, read in pieces so that the attempt ends at `deadline` however slowly the server sends."
+        parts = []
+        while chunk := resp.read1(1 << 16):
+            parts.append(chunk)
+            if time.monotonic() > deadline: raise TimeoutError
+        return b"".join(parts)
+
     def wait_s(self, attempt: int, retry_after: float | None = None) -> float:
-        "Seconds to wait before retry `attempt` (0-based): jittered exponential backoff, or Retry-After, capped."
+        "Seconds to wait before retry `attempt` (0-based): jittered exponential backoff, or Retry-After, capped at `backoff_max_s`."
         with self._lock: u = self._jitter.uniform(0.5, 1.0)
         w = self.backoff_base_s * 2 ** attempt * u
+        if retry_after is not None and retry_after > self.backoff_max_s:
+            _log.warning("the judge server asked to wait %.0f s (Retry-After); waiting backoff_max_s = %.0f s instead", retry_after, self.backoff_max_s)
         return min(self.backoff_max_s, max(w, retry_after or 0.0))
 
     def complete(self, req: JudgeRequest) -> str:
         "The judge's reply to `req`, retrying what may pass; `JudgeRequestError` when it fails for good."
         try: data = json.dumps(self.body(req)).encode()
-        except OSError as e: raise JudgeRequestError(self.redact(f"request {req.key}: cannot read an image: {e}")) from None
+        except (OSError, ImageError) as e: raise JudgeRequestError(self.redact(f"request {req.key}: cannot send an image: {e}")) from None
         for attempt in range(self.max_retries + 1):
             try: return self.redact(self._post(data))
             except _Fatal as e: raise JudgeRequestError(self.redact(f"request {req.key}: {e}")) from None
@@ -379,20 +411,25 @@ class ResponseCache:
             keep = data.rfind(b"\n") + 1
             with open(self.path, "r+b") as f: f.truncate(keep)
             data, self.torn = data[:keep], 1
-        for line in data.splitlines():
+        for line in data.split(b"\n"):
+            if not line.strip(): continue
             try: row = json.loads(line)
-            except ValueError: self.bad_lines += 1; continue
-            if isinstance(row, dict) and row.get("status") == "ok" and "key" in row: self.rows[row["key"]] = row
+            except (ValueError, RecursionError): self.bad_lines += 1; continue
+            if _answered(row): self.rows[row["key"]] = row
 
     def __len__(self): return len(self.rows)
     def get(self, key: str) -> dict | None: return self.rows.get(key)
 
     def put(self, row: dict):
-        "Append `row` durably (flushed and fsynced); answered rows become cache hits."
-        line = json.dumps(to_jsonable(row), ensure_ascii=False) + "\n"
+        "Append `row` durably (flushed and fsynced); answered rows (status ok, a non-empty text) become cache hits."
+        line = jsonl_line(row)
         with self._lock:
             with open(self.path, "a", encoding="utf-8") as f: f.write(line); f.flush(); os.fsync(f.fileno())
-            if row.get("status") == "ok": self.rows[row["key"]] = row
+            if _answered(row): self.rows[row["key"]] = row
+
+def _answered(row) -> bool:
+    "Whether a cache row is a usable answer: never an empty or failed one."
+    return isinstance(row, dict) and row.get("status") == "ok" and isinstance(row.get("key"), str) and isinstance(row.get("text"), str) and bool(row["text"].strip())
 
 @dataclass
 class Reply:
@@ -419,7 +456,10 @@ class Judge:
 
     def _one(self, req: JudgeRequest) -> Reply:
         ck = self.cache_key(req)
-        try: r = Reply(ck, "ok", text=self.backend.complete(req))
+        try:
+            text = self.backend.complete(req)
+            if not isinstance(text, str) or not text.strip(): raise JudgeRequestError(f"request {req.key}: the backend gave no answer ({type(text).__name__} {str(text)[:40]!r})")
+            r = Reply(ck, "ok", text=without_surrogates(text))
         except JudgeRequestError as e: r = Reply(ck, "failed", error=str(e)); _log.error("judge request %s failed: %s", req.key, e)
         if self.cache is not None:
             self.cache.put({"key": ck, "status": r.status, "backend": self.fingerprint, "protocol": req.protocol,
@@ -443,18 +483,22 @@ class Judge:
         return [done[self.cache_key(q)] for q in requests]
 
 # %% ../nbs/05_judge.ipynb #d40b7e9c
-def judge_from_params(p: dict,                 # {backend, concurrency, cache, http: {...}}; other keys are ignored
+JUDGE_SCHEMA = {"backend": OneOf("sim", "http"), "protocol": OneOf(*PROTOCOLS), "both_orders": Bool(), "min_margin": Num(0),
+                "concurrency": Int(1, 256), "cache": Opt(Str()), "http": Opt(Check("dict")), "seed": Int()}
+
+def judge_from_params(p: dict,                 # a judge params group: {backend, protocol, both_orders, min_margin, concurrency, cache, http, seed}
                       sim_judge=None,          # the world's `SimJudge`, for backend `sim`
                       image_root: str | Path | None = None,
                       progress: bool = True,
+                      where: str = "judge",    # the group's params key, named in errors
                      ) -> Judge:
-    "A `Judge` from a params group."
+    "A `Judge` from a params group, every key and value checked first."
+    check_settings(p, JUDGE_SCHEMA, where)
     kind = p.get("backend", "sim")
     if kind == "sim":
         if sim_judge is None: raise ValueError("backend 'sim' needs the world's SimJudge (dt2it_mrm.world.world_judge)")
         backend = SimBackend(sim_judge)
-    elif kind == "http": backend = HTTPBackend.from_params(p.get("http") or {}, **({"image_root": image_root} if image_root else {}))
-    else: raise ValueError(f"unknown judge backend {kind!r}; use 'sim' or 'http'")
+    else: backend = HTTPBackend.from_params(p.get("http") or {}, f"{where}.http", **({"image_root": str(image_root)} if image_root else {}))
     return Judge(backend, cache=p.get("cache"), concurrency=p.get("concurrency", 1), progress=progress)
 
 # %% ../nbs/05_judge.ipynb #7689a226

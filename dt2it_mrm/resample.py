@@ -10,14 +10,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .config import Num, OneOf, Opt, Str, check_settings, unknown_key
 from .bias import as_dicts, cross_fit, dawid_skene, fit_text_model, length_diffs, shortcut_scores
 from .data import swap_sides
 from .evaluate import pair_margins
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'normalise', 'group_weights', 'length_weights', 'shortcut_weights', 'annotator_weights', 'jtt_weights',
-           'relabel', 'clip_weights', 'effective_sample_size', 'compute_weights', 'weight_report', 'with_weights',
-           'weighted_sampler', 'weighted_bt_loss', 'DynamicWeights']
+__all__ = ['STRATEGIES', 'STRATEGY_SCHEMA', 'CLIP_SCHEMA', 'normalise', 'group_weights', 'length_weights', 'shortcut_weights',
+           'annotator_weights', 'jtt_weights', 'relabel', 'clip_weights', 'effective_sample_size', 'compute_weights',
+           'weight_report', 'with_weights', 'weighted_sampler', 'weighted_bt_loss', 'DynamicWeights']
 
 # %% ../nbs/04_resample.ipynb #33194a29
 def normalise(w: Any) -> np.ndarray:
@@ -124,12 +125,20 @@ def effective_sample_size(w: Any) -> float:
 # %% ../nbs/04_resample.ipynb #11f7fa5b
 STRATEGIES = ("group", "length", "shortcut", "annotator", "jtt")
 
-def _options(strategies: dict | Sequence | None) -> dict[str, dict]:
-    "Strategy name → options, switched-off ones dropped; unknown names raise."
+STRATEGY_SCHEMA = {"group": {"power": Num(0), "key": Str()},
+                   "length": {"power": Num(0), "unit": OneOf("chars", "words"), "min_diff": Num(0), "strata": Opt(Str())},
+                   "shortcut": {"strength": Num(0, 1)}, "annotator": {"power": Num(0)}, "jtt": {"factor": Num(0, lo_open=True)}}
+CLIP_SCHEMA = {"min_weight": Opt(Num(0, 1)), "max_weight": Opt(Num(1))}
+
+def _options(strategies: dict | Sequence | None,
+             where: str = "strategies", # the params key of the group, named in errors
+            ) -> dict[str, dict]:
+    "Strategy name → options, switched-off ones dropped; unknown names, unknown options and values out of range raise a `ConfigError`."
     if strategies is None: return {}
     if not isinstance(strategies, dict): strategies = {s: {} for s in strategies}
-    unknown = set(strategies) - set(STRATEGIES)
-    if unknown: raise ValueError(f"unknown resampling strategies {sorted(unknown)}; known: {', '.join(STRATEGIES)}")
+    for k, v in strategies.items():
+        if k not in STRATEGY_SCHEMA: raise unknown_key(where, k, STRATEGIES)
+        if v not in (None, False, True): check_settings(v, STRATEGY_SCHEMA[k], f"{where}.{k}")
     return {k: ({} if v is True else dict(v)) for k, v in strategies.items() if v not in (None, False)}
 
 def compute_weights(records: Sequence,
@@ -156,7 +165,7 @@ def compute_weights(records: Sequence,
     if "jtt" in opts:
         if margins is None and scorer is None: raise ValueError("the jtt strategy needs the current model's margins (or a scorer)")
         w *= jtt_weights(margins if margins is not None else pair_margins(recs, scorer), **opts["jtt"])
-    return clip_weights(w, **(clip or {}))
+    return clip_weights(w, **check_settings(clip or {}, CLIP_SCHEMA, "clip"))
 
 # %% ../nbs/04_resample.ipynb #64a92b5d
 def weight_report(w: Any, records: Sequence | None = None, key: str = "group") -> dict:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06b_reward_model.ipynb #6c172e10
 from __future__ import annotations
-import json, math, random, time
+import hashlib, json, math, random, time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
@@ -15,17 +15,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .config import Bool, Check, Int, Num, OneOf, Str, check_fields, check_settings
 from .core import read_json, seed_everything, stable_hash, write_json
 from .data import load_image
 from .vlm import (blank_image, collate, encode_image, encode_images, encode_texts, image_features, last_index, load_base, load_processor,
                            with_features)
 
 # %% auto #0
-__all__ = ['FUSIONS', 'LORA_TARGETS', 'BLANK', 'HEADS_FILE', 'META_FILE', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image',
-           'ItemData', 'pair_items', 'PairData', 'CrossHead', 'RewardModel', 'info_nce', 'lora_config', 'text_hidden',
-           'build_reward_model', 'trainable', 'lr_lambda', 'pair_order', 'features_by_key', 'blank_tensors', 'rewards',
-           'pair_accuracy', 'pair_loss', 'fit', 'base_fingerprint', 'head_state', 'save_reward_model',
-           'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths', 'members_saw']
+__all__ = ['FUSIONS', 'LORA_TARGETS', 'RM_SCHEMA', 'BLANK', 'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES', 'ENSEMBLE_FILE',
+           'bt_loss', 'RMConfig', 'item_image', 'ItemData', 'pair_items', 'PairData', 'CrossHead', 'RewardModel',
+           'info_nce', 'lora_config', 'text_hidden', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order',
+           'features_by_key', 'blank_tensors', 'rewards', 'pair_accuracy', 'pair_loss', 'fit', 'base_fingerprint',
+           'model_fingerprint', 'head_state', 'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of',
+           'train_ensemble', 'member_paths', 'members_saw']
 
 # %% ../nbs/06b_reward_model.ipynb #b9224678
 def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
@@ -70,16 +72,21 @@ class RMConfig:
     blank_size: int = 84        # side of the blanked grey image
     seed: int = 0
 
-    def __post_init__(self):
-        if self.fusion not in FUSIONS: raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.schedule not in ("cosine", "linear", "constant"): raise ValueError(f"unknown schedule {self.schedule!r}")
+    def __post_init__(self): check_fields(self, RM_SCHEMA, "RMConfig")
 
     @classmethod
-    def from_params(cls, params: dict | None = None, **overrides) -> "RMConfig":
-        "A config from a params dict (plus overrides), refusing unknown keys."
-        p = {**(params or {}), **overrides}; known = {f.name for f in fields(cls)}
-        if bad := set(p) - known: raise ValueError(f"unknown reward-model settings {sorted(bad)}; known: {sorted(known)}")
-        return cls(**p)
+    def from_params(cls, params: dict | None = None,
+                    where: str = "train.rm", # the params key of the group, named in errors
+                    **overrides) -> "RMConfig":
+        "A config from a params dict (plus overrides), refusing unknown keys and values of the wrong type or out of range."
+        return cls(**check_settings({**(params or {}), **overrides}, RM_SCHEMA, where))
+
+RM_SCHEMA = {"quant": OneOf("4bit", "8bit", "none"), "lora_r": Int(1), "lora_alpha": Num(0, lo_open=True),
+             "lora_dropout": Num(0, 1, hi_open=True), "lora_targets": Check("list", item=Str()), "fusion": OneOf(*FUSIONS),
+             "contrastive_weight": Num(0), "temperature": Num(0, lo_open=True), "margin": Num(0), "epochs": Num(0, lo_open=True),
+             "batch_size": Int(1), "grad_accum": Int(1), "lr": Num(0, lo_open=True), "schedule": OneOf("cosine", "linear", "constant"),
+             "warmup": Int(0), "weight_decay": Num(0), "max_grad_norm": Num(0, lo_open=True), "grad_ckpt": Bool(),
+             "group_by_length": Bool(), "eval_every": Int(0), "blank_image": Bool(), "blank_size": Int(28), "seed": Int()}
 
 # %% ../nbs/06b_reward_model.ipynb #44e60300
 BLANK = "<blank>"  # image key of the blanked view
@@ -327,11 +334,22 @@ def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
 # %% ../nbs/06b_reward_model.ipynb #79331f8f
 HEADS_FILE, META_FILE = "heads.safetensors", "reward_model.json"
 
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json", "chat_template.json",
+                   "chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
 def base_fingerprint(base: str | Path) -> str:
-    "A cheap identity of a checkpoint folder: its config and the names and sizes of its weight files."
+    "A cheap identity of a checkpoint folder: its config, the names and sizes of its weight files, and its processor's files (resolution, template, tokenizer)."
     b = Path(base)
     files = sorted((p.name, p.stat().st_size) for p in b.glob("*.safetensors"))
-    return stable_hash((b / "config.json").read_text(encoding="utf-8"), files)
+    proc = [(n, hashlib.sha256((b / n).read_bytes()).hexdigest()) for n in PROCESSOR_FILES if (b / n).is_file()]
+    return stable_hash((b / "config.json").read_text(encoding="utf-8"), files, proc)
+
+def model_fingerprint(rm: "RewardModel") -> str:
+    "The identity of a reward model's scores: its base (`base_fingerprint`), its config, and the bytes of every adapter and head weight."
+    h = hashlib.sha256()
+    for n, t in sorted((n, p) for n, p in rm.named_parameters() if "lora_" in n or not n.startswith("vlm.")):
+        h.update(n.encode()); h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return stable_hash(base_fingerprint(rm.base_path), asdict(rm.cfg), h.hexdigest())
 
 def head_state(rm: RewardModel) -> dict[str, torch.Tensor]:
     "The non-VLM trainable weights (value/fusion heads, projections)."

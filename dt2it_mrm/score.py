@@ -15,15 +15,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import stable_hash
+from .core import jsonl_line, jsonl_lines, read_json, stable_hash, write_json
 from .data import load_image
-from .reward_model import (BLANK, ItemData, RewardModel, blank_tensors, load_reward_model,
+from .reward_model import (BLANK, ItemData, RewardModel, blank_tensors, load_reward_model, model_fingerprint,
                                     member_paths)
 from .vlm import blank_image, chat_text, image_features, load_processor, split_images
 
 # %% auto #0
 __all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'merged_lora_layers', 'swapped', 'item_key', 'RewardScorer',
-           'load_ensemble', 'naive_scores', 'read_scored', 'unique_items', 'score_to_jsonl', 'read_scores']
+           'load_ensemble', 'naive_scores', 'read_scored', 'unique_items', 'scorer_file', 'claim_output',
+           'score_to_jsonl', 'read_scores']
 
 # %% ../nbs/06c_score.ipynb #1502ff21
 class MergedLinear(nn.Module):
@@ -83,6 +84,13 @@ class RewardScorer:
         self.processor = load_processor(self.models[0].base_path)
         self._feats: dict = {}
         self._merged: dict[int, dict] = {}  # member -> its folded layers, made at its first call (members are frozen)
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        "What produced these scores: every member's `model_fingerprint` (members are frozen, so it is computed once)."
+        if self._fingerprint is None: self._fingerprint = "rm:" + stable_hash([model_fingerprint(m) for m in self.models])
+        return self._fingerprint
 
     @classmethod
     def load(cls, path: str | Path | Sequence[str | Path], **kw) -> "RewardScorer":
@@ -165,7 +173,7 @@ def read_scored(path: str | Path, repair: bool = True) -> dict[str, float]:
             with open(path, "r+b") as f: f.truncate(len(keep))
         raw = keep
     done = {}
-    for i, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+    for i, line in enumerate(jsonl_lines(raw), 1):
         try: row = json.loads(line); done[_row_key(row)] = float(row["score"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}:{i}: not a scoring row ({e}); move the file away to start afresh") from None
@@ -181,16 +189,36 @@ def unique_items(items: Iterable[dict]) -> list[dict]:
 
 def _append(path: Path, rows: list[dict]):
     with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)); f.flush(); os.fsync(f.fileno())
+        f.write("".join(map(jsonl_line, rows))); f.flush(); os.fsync(f.fileno())
+
+def scorer_file(out_path: str | Path) -> Path:
+    "The file beside a scoring output that records which scorer wrote it."
+    out_path = Path(out_path); return out_path.with_name(out_path.name + ".scorer.json")
+
+def claim_output(out_path: Path, fingerprint: str):
+    "Make sure `out_path` holds (or will hold) scores of the scorer `fingerprint` only; a clear error if another wrote it."
+    side = scorer_file(out_path)
+    if out_path.exists() and out_path.stat().st_size:
+        if not side.exists():
+            raise ValueError(f"{out_path}: holds scores from an unknown scorer (no {side.name} beside it); move it away or score into another file")
+        had = read_json(side).get("fingerprint")
+        if had != fingerprint:
+            raise ValueError(f"{out_path}: holds scores of another scorer ({had}, not {fingerprint}: a different model, adapter, "
+                             "heads or processor); move it away or score into another file")
+    else: write_json(side, {"fingerprint": fingerprint})
 
 def score_to_jsonl(items: Iterable[dict],  # scorer items
                    out_path: str | Path,   # JSONL output, appended to
-                   scorer,                 # any Scorer
+                   scorer,                 # any Scorer; its `fingerprint` keys the output
                    chunk: int = 512,       # items per scorer call and per fsync
                    progress: bool = True,
+                   fingerprint: str | None = None, # what produced the scores, for a scorer without a `fingerprint`
                   ) -> dict:
-    "Score the distinct `items` into `out_path`, skipping those already there; returns counts."
+    "Score the distinct `items` into `out_path`, skipping those already there (only if the same scorer wrote them); returns counts."
     out_path = Path(out_path); out_path.parent.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint or getattr(scorer, "fingerprint", None)
+    if not isinstance(fp, str) or not fp: raise ValueError("score_to_jsonl needs the scorer's identity to resume safely: a scorer with a `fingerprint`, or fingerprint=")
+    claim_output(out_path, fp)
     items = unique_items(items); done = read_scored(out_path)
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
     new = 0; t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .core import seed_everything
+from .core import read_jsonl, seed_everything
 from .data import load_image
 
 # %% auto #0
@@ -45,8 +45,7 @@ def world_texts(paths: Iterable[str | Path], # JSONL files of pairs, lists or pr
     "Every question and answer in `paths`."
     out = []
     for p in paths:
-        for line in Path(p).read_text(encoding="utf-8").splitlines():
-            r = json.loads(line)
+        for r in read_jsonl(p):
             out += [r["question"], *[r[k] for k in ("answer", "chosen", "rejected") if k in r], *r.get("answers", [])]
     return out
 

@@ -12,17 +12,19 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .core import rng, stable_hash
+from .config import Check, Int, Num, OneOf, Share, Str, check_fields, check_settings
+from .core import read_jsonl, rng, stable_hash
 from .data import swap_sides
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'CELLS', 'GROUPS', 'TASKS', 'STYLES', 'LONG_STYLES', 'SHORT_STYLES', 'NUMBERS', 'FILLERS',
-           'ANNOTATOR_KINDS', 'JUDGE_KNOBS', 'SPLITS', 'CLAIM_RE', 'TOLERANCE_SE', 'Obj', 'Scene', 'sample_scene',
-           'render_scene', 'Prompt', 'make_prompt', 'is_focus', 'error_distance', 'corrupt', 'headline', 'split_claims',
-           'write_answer', 'WorldConfig', 'Answer', 'make_pair_answers', 'sample_errors', 'annotate', 'answer_key',
-           'SimJudge', 'split_groups', 'make_split', 'make_expert', 'make_pretrain', 'make_bon', 'rewrite_answer',
-           'read_claims', 'read_question', 'WorldTruth', 'SimRewriter', 'generate_world', 'load_world', 'world_judge',
-           'expected_annotator_accuracy', 'measure_world', 'measure_judge', 'plot_checks']
+           'ANNOTATOR_KINDS', 'JUDGE_KNOBS', 'WORLD_SCHEMA', 'ANNOTATOR_SCHEMA', 'SPLITS', 'CLAIM_RE', 'TOLERANCE_SE',
+           'Obj', 'Scene', 'sample_scene', 'render_scene', 'Prompt', 'make_prompt', 'is_focus', 'error_distance',
+           'corrupt', 'headline', 'split_claims', 'write_answer', 'WorldConfig', 'Answer', 'make_pair_answers',
+           'sample_errors', 'annotate', 'answer_key', 'SimJudge', 'split_groups', 'make_split', 'make_expert',
+           'make_pretrain', 'make_bon', 'rewrite_answer', 'read_claims', 'read_question', 'WorldTruth', 'SimRewriter',
+           'generate_world', 'load_world', 'world_judge', 'expected_annotator_accuracy', 'measure_world',
+           'measure_judge', 'plot_checks']
 
 # %% ../nbs/02_world.ipynb #b22a9ae6
 COLOURS = {"red": (220, 45, 45), "green": (40, 165, 70), "blue": (45, 90, 225), "yellow": (235, 200, 40)}
@@ -276,9 +278,8 @@ class WorldConfig:
                                                  "noise": 0.6, "difficulty_noise": 0.9})
 
     def __post_init__(self):
-        for k in ("n_neutral", "n_dev", "n_bon"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be a positive int, got {v!r}")
+        check_fields(self, WORLD_SCHEMA, "generate.world")
+        for a in self.annotators: check_settings(a, ANNOTATOR_SCHEMA, f"generate.world.annotators[{a.get('id')!r}]" if isinstance(a, dict) else "generate.world.annotators", ("id", "kind"))
         if set(self.train_group_shares) - set(GROUPS): raise ValueError(f"unknown groups {set(self.train_group_shares) - set(GROUPS)}; groups are {GROUPS}")
         if abs(sum(self.train_group_shares.values()) - 1) > 1e-6: raise ValueError(f"train_group_shares must sum to 1, got {sum(self.train_group_shares.values())}")
         if self.annotators_per_pair % 2 == 0 or self.annotators_per_pair > len(self.annotators): raise ValueError("annotators_per_pair must be odd and at most the number of annotators")
@@ -289,13 +290,18 @@ class WorldConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "WorldConfig":
-        "Build from a dict, naming any key that is not a knob."
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown: raise TypeError(f"unknown world knobs {sorted(unknown)}; knobs are {sorted(cls.__dataclass_fields__)}")
-        return cls(**params)
+        "Build from a dict, naming any key that is not a knob and any value of the wrong type or out of range."
+        return cls(**check_settings(params, WORLD_SCHEMA, "generate.world"))
 
 ANNOTATOR_KINDS = ("accurate", "spammer", "length")
 JUDGE_KNOBS = ("position_bias", "error_penalty", "length_weight", "noise", "difficulty_noise")
+WORLD_SCHEMA = {"image_size": Int(9), "max_objects": Int(1, 9), "max_errors": Int(1), "n_train": Int(1), "n_test": Int(1),
+                "n_neutral": Int(1), "n_dev": Int(1), "n_bon": Int(1), "n_expert": Int(1), "n_pretrain": Int(1),
+                "train_group_shares": Check("dict", item=Share()), "length_bias": Share(), "tell_phrase": Str(),
+                "tell_rate": Share(), "tell_precision": Share(), "annotators": Check("list", item=Check("dict")),
+                "annotators_per_pair": Int(1), "hard_penalty": Share(),
+                "judge": Check("dict", item=Num())}
+ANNOTATOR_SCHEMA = {"id": Str(), "kind": OneOf(*ANNOTATOR_KINDS), "accuracy": Share(), "length_pref": Share()}
 
 # %% ../nbs/02_world.ipynb #6e2be73c
 @dataclass
@@ -548,7 +554,7 @@ class WorldTruth:
     def load(cls, out_dir: str | Path) -> "WorldTruth":
         "The truth of a generated world, from its `scenes.jsonl`."
         import json
-        rows = [json.loads(l) for l in (Path(out_dir) / "scenes.jsonl").read_text(encoding="utf-8").splitlines()]
+        rows = read_jsonl(Path(out_dir) / "scenes.jsonl")
         return cls({r["id"]: [Obj(**o) for o in r["objects"]] for r in rows})
 
     def objects(self, image: str) -> list[Obj]:
@@ -620,7 +626,7 @@ def generate_world(cfg: WorldConfig,
 def load_world(out_dir: str | Path) -> dict[str, list[dict]]:
     "Every split of a generated world, by name."
     import json
-    return {p.stem: [json.loads(l) for l in p.read_text(encoding="utf-8").splitlines()] for p in sorted(Path(out_dir).glob("*.jsonl"))}
+    return {p.stem: read_jsonl(p) for p in sorted(Path(out_dir).glob("*.jsonl"))}
 
 def world_judge(world: dict, cfg: WorldConfig, seed: int) -> SimJudge:
     "The simulated judge of a generated world, knowing the truth of every answer in it."

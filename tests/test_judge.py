@@ -476,13 +476,13 @@ def test_judge_from_params(tmp_path, monkeypatch, hard):
     s = judge_from_params({"backend": "sim", "cache": None}, sim_judge=sim(hard).judge, progress=False)
     assert isinstance(s.backend, SimBackend) and s.cache is None
     with pytest.raises(ValueError, match="needs the world's SimJudge"): judge_from_params({"backend": "sim"})
-    with pytest.raises(ValueError, match="unknown judge backend"): judge_from_params({"backend": "gpt"})
+    with pytest.raises(ValueError, match="judge.backend.*one of .sim., .http."): judge_from_params({"backend": "gpt"})
 
 
 def test_missing_image_fails_the_request_only(tmp_path):
     b = HTTPBackend("http://127.0.0.1:9/v1", "m", api_key_env=None, image_root=tmp_path)
     r = Judge(b).ask([make_request("pointwise", ["nope.png"], "q0", ["a"])])[0]
-    assert r.status == "failed" and "cannot read an image" in r.error and "nope.png" in r.error
+    assert r.status == "failed" and "cannot send an image" in r.error and "nope.png" in r.error
 
 
 def test_connection_refused_is_retried_then_failed(monkeypatch):

@@ -96,7 +96,7 @@ recs = [json.loads(l) for l in open(data)]
 sc = RewardScorer.load(rm, batch_size=4)
 def scorer(items):
     s = sc(items); time.sleep(float(slow)); return s
-print(json.dumps(score_to_jsonl(pair_items(recs), out, scorer, chunk=6, progress=False)))
+print(json.dumps(score_to_jsonl(pair_items(recs), out, scorer, chunk=6, progress=False, fingerprint=sc.fingerprint)))
 """
 
 

@@ -9,15 +9,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .config import Bool, Int, Num, OneOf, Share, check_settings
 from .core import rng, stable_hash
 from .data import FieldError, PrefRecord, swap_sides, validate_pair
 from .evaluate import pair_items
 
 # %% auto #0
-__all__ = ['Scorer', 'Augmenter', 'Rewriter', 'Truth', 'LOOP_DEFAULTS', 'loop_params', 'EnsembleScores', 'nuisance_features',
-           'fit_calibration', 'calibrate', 'calibrated', 'out_of_fold', 'p_wrong', 'review_order', 'bayes_update',
-           'combine_votes', 'reannotator', 'derive', 'restyle', 'same_image_negatives', 'augmented_id', 'augment_pairs',
-           'pair_key', 'dedupe', 'apply_weights', 'measure', 'calibration_report', 'budget_curve', 'run_iteration']
+__all__ = ['Scorer', 'Augmenter', 'Rewriter', 'Truth', 'LOOP_DEFAULTS', 'LOOP_SCHEMA', 'loop_params', 'EnsembleScores',
+           'nuisance_features', 'fit_calibration', 'calibrate', 'calibrated', 'out_of_fold', 'p_wrong', 'review_order',
+           'bayes_update', 'combine_votes', 'reannotator', 'derive', 'restyle', 'same_image_negatives', 'augmented_id',
+           'augment_pairs', 'pair_key', 'dedupe', 'apply_weights', 'measure', 'calibration_report', 'budget_curve',
+           'run_iteration']
 
 # %% ../nbs/07_loop.ipynb #d8950974
 Scorer = Callable[[list[dict]], np.ndarray]
@@ -34,19 +36,14 @@ LOOP_DEFAULTS = {"flip_above": 0.9,           # flip a label whose posterior P(w
                  "weigh_by_posterior": True,  # multiply every pair's weight by P(its label is right)
                  "carry": "none"}             # which labels keep this iteration's posterior as their next prior: none | flips | all
 
-def loop_params(params: dict | None = None) -> dict:
-    "`LOOP_DEFAULTS` updated with `params`, each value checked."
-    p = {**LOOP_DEFAULTS, **(params or {})}
-    if unknown := sorted(set(p) - set(LOOP_DEFAULTS)): raise KeyError(f"unknown loop params {unknown}; known: {sorted(LOOP_DEFAULTS)}")
-    for k, v in p.items():
-        if k == "weigh_by_posterior": ok = isinstance(v, bool)
-        elif k == "carry": ok = v in ("flips", "all", "none")
-        elif k == "judge_budget": ok = type(v) is int and v >= 0
-        else: ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
-        if not ok: raise ValueError(f"loop param {k!r}: got {v!r}; " + {"weigh_by_posterior": "expected true or false",
-                                    "judge_budget": "expected a whole number of calls >= 0", "carry": "expected flips, all or none"}.get(k, "expected a number in [0, 1]"))
-    if p["panel_accuracy"] <= 0.5: raise ValueError(f"loop param 'panel_accuracy' must exceed 0.5 (a panel worse than a coin is no evidence), got {p['panel_accuracy']}")
-    return p
+LOOP_SCHEMA = {"flip_above": Share(), "judge_budget": Int(0), "prior": Share(), "panel_accuracy": Num(0.5, 1, lo_open=True),
+               "hard_share": Share(), "hard_min_confidence": Share(), "weigh_by_posterior": Bool(), "carry": OneOf("none", "flips", "all")}
+
+def loop_params(params: dict | None = None,
+                where: str = "curate.loop", # the params key of the group, named in errors
+               ) -> dict:
+    "`LOOP_DEFAULTS` updated with `params`, each key and value checked (a panel at or below 0.5 accuracy is no evidence)."
+    return {**LOOP_DEFAULTS, **check_settings(dict(params or {}), LOOP_SCHEMA, where)}
 
 def _d(r) -> dict: return copy.deepcopy(r.to_dict() if hasattr(r, "to_dict") else r)
 

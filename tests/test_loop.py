@@ -98,7 +98,7 @@ def test_review_order_and_bayes_update():
 
 def test_params_are_checked():
     assert loop_params() == LOOP_DEFAULTS
-    with pytest.raises(KeyError, match="flip_share"): loop_params({"flip_share": 0.5})
+    with pytest.raises(ValueError, match="curate.loop.flip_share.*did you mean 'flip_above'"): loop_params({"flip_share": 0.5})
     with pytest.raises(ValueError, match="flip_above"): loop_params({"flip_above": 1.5})
     with pytest.raises(ValueError, match="judge_budget"): loop_params({"judge_budget": 10.5})
     with pytest.raises(ValueError, match="panel_accuracy"): loop_params({"panel_accuracy": 0.5})

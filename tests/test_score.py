@@ -13,7 +13,7 @@ from rm_fixtures import ROOT, _env, read_jsonl
 from dt2it_mrm.reward_model import (BLANK, PairData, RMConfig, blank_tensors, build_reward_model, features_by_key, pair_items, pair_loss,
                                     train_ensemble, train_reward_model, trainable)
 from dt2it_mrm.vlm import load_processor
-from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, merged_lora_layers, naive_scores, read_scored
+from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, merged_lora_layers, naive_scores, read_scored, score_to_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,20 @@ def test_torn_lines_are_repaired_and_garbage_is_refused(tmp_path):
     assert f.read_text().endswith("}\n")
     f.write_text("not json\n")
     with pytest.raises(ValueError, match=r"s.jsonl:1"): read_scored(f)
+
+
+def test_scorer_fingerprint_changes_with_the_heads(rm_path, tmp_path):
+    "A scorer's fingerprint is the same on reload and differs once a head weight changes, so a scoring output of one is refused to the other."
+    import shutil
+    from safetensors.torch import load_file, save_file
+    a = RewardScorer.load(rm_path).fingerprint
+    assert RewardScorer.load(rm_path).fingerprint == a
+    other = tmp_path / "other"; shutil.copytree(rm_path, other)
+    heads = load_file(str(other / "heads.safetensors")); k = sorted(heads)[0]; heads[k] = heads[k] + 1e-3
+    save_file(heads, str(other / "heads.safetensors"))
+    b = RewardScorer.load(other)
+    assert b.fingerprint != a
+    items = [{"image": None, "question": "How many shapes?", "answer": "Two."}]
+    out = tmp_path / "s.jsonl"
+    score_to_jsonl(items, out, RewardScorer.load(rm_path), progress=False)
+    with pytest.raises(ValueError, match="holds scores of another scorer"): score_to_jsonl(items, out, b, progress=False)

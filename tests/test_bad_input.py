@@ -22,6 +22,7 @@ from dt2it_mrm.judge import HTTPBackend, Judge, JudgeRequestError, ResponseCache
 from dt2it_mrm.resample import compute_weights
 from dt2it_mrm.reward_model import RMConfig, base_fingerprint
 from dt2it_mrm.score import read_scored, score_to_jsonl
+from dt2it_mrm.vlm import world_texts
 from dt2it_mrm.world import WorldConfig
 from test_bad_input_handled import KEY_ENV, backend, case_file, expect_bad, keyed, ok, req, tiny, write_lines  # noqa: F401 (fixtures)
 from test_data import bad, good_rows, img, rec
@@ -57,11 +58,12 @@ def test_kind_llamafactory_row_without_id_holding_a_surrogate(root):
 
 @pytest.mark.parametrize("ch", ["\u2028", "\u2029", "\x85"])
 def test_kind_unicode_line_separators_survive_a_round_trip(root, ch, tmp_path):
-    "U+2028, U+2029 and U+0085 in text: written escaped, read back as one line each (records, scoring output, project JSONL)."
+    "U+2028, U+2029 and U+0085 in text: written escaped, read back as one line each (records, the tokenizer's text, scoring output)."
     r = rec(1, chosen=f"Two shapes.{ch}A red one.")
     p = write_records([r, rec(2)], root / "x.jsonl")
     assert p.read_bytes().count(b"\n") == 2 and ch.encode() not in p.read_bytes()
     assert read_records(p, image_root=root)[0][0] == r
+    assert world_texts([p])[:3] == [r.question, r.chosen, r.rejected]  # the tokenizer's training text
     out = tmp_path / "scores.jsonl"
     write_jsonl(out, [{"image_path": "a.png", "question": "q", "answer": f"a{ch}b", "score": 0.5}])
     assert out.read_bytes().count(b"\n") == 1 and len(read_scored(out)) == 1

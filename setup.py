@@ -15,5 +15,5 @@ setup(
     python_requires=f">={cfg['min_python']}",
     packages=find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     install_requires=[],  # pinned in requirements.txt, installed by the Makefile
-    entry_points={"console_scripts": ["dt2it-stage=dt2it_mrm.core:main"]},
+    entry_points={"console_scripts": ["dt2it-stage=dt2it_mrm.core:main", "dt2it-score=dt2it_mrm.score:main"]},
 )

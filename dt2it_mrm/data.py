@@ -15,11 +15,12 @@ from PIL import Image, ImageOps
 from .core import stable_hash, to_jsonable, write_jsonl
 
 # %% auto #0
-__all__ = ['FIELD_TYPES', 'SIDE_META', 'SIDE_TAGS', 'PLACEHOLDER', 'MAX_PIXELS', 'FORMATS', 'FieldError', 'check_field',
-           'PrefRecord', 'ListRecord', 'list_to_pairs', 'swap_sides', 'validate_pair', 'validate_list', 'ImageError',
-           'ImageInfo', 'resolve_image', 'check_image', 'ImageChecker', 'to_rgb', 'load_image', 'Format', 'lf_parse',
-           'lf_dump', 'trl_parse', 'trl_dump', 'write_records', 'PreferenceDataError', 'ReadReport', 'parse_json_line',
-           'read_records', 'read_preferences', 'trl_features', 'to_trl_dataset', 'from_trl_dataset']
+__all__ = ['FIELD_TYPES', 'SIDE_META', 'SIDE_TAGS', 'PLACEHOLDER', 'MAX_PIXELS', 'LF_TAGS', 'FORMATS', 'FieldError',
+           'check_field', 'PrefRecord', 'ListRecord', 'list_to_pairs', 'swap_sides', 'validate_pair', 'validate_list',
+           'ImageError', 'ImageInfo', 'resolve_image', 'check_image', 'ImageChecker', 'to_rgb', 'load_image', 'Format',
+           'lf_style', 'lf_parse', 'lf_dump', 'text_parts', 'trl_parse', 'trl_dump', 'dt2it_parse', 'dt2it_dump',
+           'write_records', 'PreferenceDataError', 'ReadReport', 'json_rows', 'parse_json_line', 'read_records',
+           'read_preferences', 'trl_features', 'to_trl_dataset', 'from_trl_dataset']
 
 # %% ../nbs/01_data.ipynb #7f8545c8
 class FieldError(ValueError):
@@ -358,27 +359,48 @@ def _need(row: dict, k: str, ok: Callable, want: str) -> Any:
 def _images(row): return _need(row, "images", _strs, "a list of strings") if "images" in row else []
 
 # %% ../nbs/01_data.ipynb #eaed8cc8
-_LF_CORE = ("conversations", "chosen", "rejected", "images", "system")
-def _lf_turn(v): return isinstance(v, dict) and _str(v.get("value"))
+LF_TAGS = {  # LLaMA-Factory's dataset_info `columns.messages` and `tags` of its two message styles
+    "sharegpt": {"messages": "conversations", "role": "from", "content": "value", "user": "human", "assistant": "gpt", "system": "system"},
+    "openai": {"messages": "messages", "role": "role", "content": "content", "user": "user", "assistant": "assistant", "system": "system"}}
 
-def lf_parse(row: dict) -> PrefRecord:
-    "A `PrefRecord` from a LLaMA-Factory/DT2IT pairwise row."
-    conv = _need(_object(row), "conversations", lambda v: isinstance(v, list) and all(map(_lf_turn, v)), "a list of {from, value} turns")
-    if len(conv) != 1 or conv[0].get("from") != "human":
-        raise FieldError("conversations", "bad_value", f"expected one human turn, got {[t.get('from') for t in conv]} (multi-turn is not supported)")
-    ch, rj = (_need(row, k, _lf_turn, 'a {"from": "gpt", "value": ...} turn')["value"] for k in ("chosen", "rejected"))
-    images, text = _images(row), conv[0]["value"]
-    _check_placeholders("conversations", text, len(images), required=True)
-    r = _meta_in(row, _LF_CORE, images=images, question=_strip_leading(text, len(images)), chosen=ch, rejected=rj)
-    if "system" in row: r.meta["system"] = _need(row, "system", _str, "a string")
+def lf_style(row: dict) -> str:
+    "The message style of a LLaMA-Factory row: `openai` (role/content `messages`) or `sharegpt` (from/value `conversations`)."
+    return "openai" if isinstance(row, dict) and "messages" in row and "conversations" not in row else "sharegpt"
+
+def lf_parse(row: dict,              # a pairwise row
+             tags: dict | None = None, # one of `LF_TAGS` (or a dataset's own `tags`); default: the row's style
+            ) -> PrefRecord:
+    "A `PrefRecord` from a LLaMA-Factory/DT2IT pairwise row, in either message style; a leading system turn or a `system` column is the system prompt."
+    t = tags or LF_TAGS[lf_style(row)]
+    M, R, C = t["messages"], t["role"], t["content"]
+    turn = lambda v: isinstance(v, dict) and _str(v.get(C)) and _str(v.get(R))
+    conv = _need(_object(row), M, lambda v: isinstance(v, list) and all(map(turn, v)), f"a list of {{{R}, {C}}} turns")
+    system = conv[0][C] if conv and conv[0][R] == t["system"] else None
+    roles = [x[R] for x in conv[1:]] if system is not None else [x[R] for x in conv]
+    if roles != [t["user"]]:
+        raise FieldError(M, "bad_value", f"expected one {t['user']} turn, got {[x[R] for x in conv]} (multi-turn is not supported)")
+    reply = lambda v: isinstance(v, dict) and _str(v.get(C))
+    ch, rj = (_need(row, k, reply, f'a {{"{R}": "{t["assistant"]}", "{C}": ...}} turn')[C] for k in ("chosen", "rejected"))
+    images, text = _images(row), conv[-1][C]
+    _check_placeholders(M, text, len(images), required=True)
+    r = _meta_in(row, (M, "chosen", "rejected", "images", "system"), images=images, question=_strip_leading(text, len(images)), chosen=ch, rejected=rj)
+    if "system" in row:
+        col = _need(row, "system", _str, "a string")
+        if system is not None and col != system: raise FieldError("system", "bad_value", f"a system turn and a different `system` column")
+        system = col
+    if system is not None: r.meta["system"] = system
     return r
 
-def lf_dump(r: PrefRecord) -> dict:
-    "The LLaMA-Factory/DT2IT pairwise row of `r`."
-    cols, system = _meta_out(r)
-    row = {"conversations": [{"from": "human", "value": _with_placeholders(r.question, len(r.images))}],
-           "chosen": {"from": "gpt", "value": r.chosen}, "rejected": {"from": "gpt", "value": r.rejected}, "images": list(r.images)}
-    return row | ({"system": system} if system is not None else {}) | cols
+def lf_dump(r: PrefRecord,
+            style: str = "sharegpt", # a key of `LF_TAGS`
+           ) -> dict:
+    "The LLaMA-Factory/DT2IT pairwise row of `r` in message style `style` (the system prompt as a column, or as openai's first message)."
+    cols, system = _meta_out(r); t = LF_TAGS[style]
+    turn = lambda role, text: {t["role"]: t[role], t["content"]: text}
+    msgs = [turn("user", _with_placeholders(r.question, len(r.images)))]
+    if system is not None and style == "openai": msgs.insert(0, turn("system", system))
+    row = {t["messages"]: msgs, "chosen": turn("assistant", r.chosen), "rejected": turn("assistant", r.rejected), "images": list(r.images)}
+    return row | ({"system": system} if system is not None and style != "openai" else {}) | cols
 
 # %% ../nbs/01_data.ipynb #477b3791
 _TRL_CORE = ("prompt", "chosen", "rejected", "images")
@@ -394,7 +416,7 @@ def _parts_text(content: Any, where: str) -> str:
         else: raise FieldError(where, "wrong_type", f"content part must be {{'type': 'image'}} or {{'type': 'text', 'text': str}}, got {_short(p)}")
     return "".join(out)
 
-def _text_parts(text: str, n: int) -> list[dict]:
+def text_parts(text: str, n: int) -> list[dict]:
     "`text` as content parts: images in front when it holds no placeholder, else where the placeholders are."
     pieces = text.split(PLACEHOLDER) if PLACEHOLDER in text else [""] * n + [text]
     parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
@@ -427,13 +449,31 @@ def trl_dump(r: PrefRecord, spill: bool = True) -> dict:
     cols, system = _meta_out(r, spill)
     sys_msg = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system is not None else []
     reply = lambda t: [{"role": "assistant", "content": [{"type": "text", "text": t}]}]
-    return {"prompt": sys_msg + [{"role": "user", "content": _text_parts(r.question, len(r.images))}],
+    return {"prompt": sys_msg + [{"role": "user", "content": text_parts(r.question, len(r.images))}],
             "chosen": reply(r.chosen), "rejected": reply(r.rejected), "images": list(r.images)} | cols
 
 # %% ../nbs/01_data.ipynb #e189f8ef
+_DT2IT_CORE = ("image_path", "question", "chosen", "rejected")
+
+def dt2it_parse(row: dict) -> PrefRecord:
+    "A `PrefRecord` from a DT2IT-MRM pairwise row: `image_path` (a path, a list of paths, or null), `question`, `chosen`, `rejected` as strings."
+    ip = _need(_object(row), "image_path", lambda v: v is None or _str(v) or _strs(v), "a path, a list of paths, or null")
+    q, ch, rj = (_need(row, k, _str, "a string") for k in _DT2IT_CORE[1:])
+    images = [] if ip is None else [ip] if _str(ip) else list(ip)
+    return _meta_in(row, _DT2IT_CORE, images=images, question=q, chosen=ch, rejected=rj)
+
+def dt2it_dump(r: PrefRecord) -> dict:
+    "The DT2IT-MRM pairwise row of `r` (one image as a string, several as a list; the system prompt stays in `meta`)."
+    cols, system = _meta_out(r)
+    if system is not None: cols["meta"] = json.dumps({**json.loads(cols["meta"]), "system": system}, ensure_ascii=False, sort_keys=True)
+    ip = r.images[0] if len(r.images) == 1 else (list(r.images) or None)
+    return {"image_path": ip, "question": r.question, "chosen": r.chosen, "rejected": r.rejected} | cols
+
 FORMATS = {
     "jsonl": Format(PrefRecord.from_dict, PrefRecord.to_dict, validate_pair, _pair_key),
     "llamafactory": Format(lf_parse, lf_dump, validate_pair, _pair_key),
+    "llamafactory_messages": Format(lf_parse, lambda r: lf_dump(r, "openai"), validate_pair, _pair_key),
+    "dt2it": Format(dt2it_parse, dt2it_dump, validate_pair, _pair_key),
     "trl": Format(trl_parse, trl_dump, validate_pair, _pair_key),
     "listwise": Format(ListRecord.from_dict, ListRecord.to_dict, validate_list, _list_key),
 }
@@ -478,7 +518,7 @@ class ReadReport:
     records: int = 0        # records returned (listwise lines expand to several pairs)
     quarantine_path: str | None = None
 
-def _rows(path: Path) -> tuple[str, Iterator[tuple[int, str, Any]]]:
+def json_rows(path: Path) -> tuple[str, Iterator[tuple[int, str, Any]]]:
     "The unit (`line` or `item`) and (number, raw text, parsed JSON or a `FieldError`) per non-blank line or array item."
     with open(path, "rb") as f: head = f.read(64).lstrip(codecs.BOM_UTF8).lstrip()
     if head.startswith(b"["):
@@ -570,7 +610,7 @@ def read_records(path: str | Path,                      # a JSONL file (or a JSO
     if on_error == "quarantine" and qpath.resolve() == path.resolve():
         raise ValueError(f"quarantine_path {qpath} is the input file {path}: quarantining would overwrite the input")
     rep, images, ids, keys, out, bad = ReadReport(str(path), fmt), ImageChecker(image_root, max_pixels, allow_outside_root), {}, {}, [], []
-    unit, rows = _rows(path)
+    unit, rows = json_rows(path)
     for n, raw, obj in rows:
         rep.read += 1
         try: rec = _check_row(obj, F, images if check_images else None, ids, keys, unit)

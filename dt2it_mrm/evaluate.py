@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from scipy import special, stats
 
-from .data import FieldError, PrefRecord, PreferenceDataError, _rows, resolve_image
+from .data import FieldError, PrefRecord, PreferenceDataError, json_rows, resolve_image
 
 # %% auto #0
 __all__ = ['Scorer', 'VLRB_CATEGORIES', 'make_item', 'item_key', 'score_items', 'ScoreCache', 'pair_items', 'pair_margins',
@@ -260,7 +260,7 @@ def _bench_rows(path: str | Path) -> Iterable[tuple[int, dict, Callable]]:
     "(line number, JSON object, a `need(key, check, want)` getter raising a located error) per row of a JSONL or JSON-array file."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no benchmark file {path}")
-    unit, rows = _rows(path)
+    unit, rows = json_rows(path)
     for n, _, obj in rows:
         if isinstance(obj, FieldError): raise PreferenceDataError(path, n, None, obj.reason, obj.detail, unit)
         if not isinstance(obj, dict): raise PreferenceDataError(path, n, None, "wrong_type", f"expected a JSON object, got {type(obj).__name__}", unit)
@@ -365,14 +365,16 @@ def mm_rlhf_metrics(records: Sequence[dict], # from `read_mm_rlhf_rewardbench`
                     scorer: Scorer,
                     require_images: bool | None = None, # see `check_images`; video rows are never required
                    ) -> dict:
-    "Accuracy and acc+ overall and per category (ties are wrong)."
-    imgs = check_images([r for r in records if r["meta"].get("image_status") != "video"], scorer, require_images)
+    "Accuracy and acc+ overall and per category (ties are wrong), on the image rows: video rows are skipped and counted (an image model cannot watch them)."
+    videos = sum(r["meta"].get("image_status") == "video" for r in records)
+    every, records = records, [r for r in records if r["meta"].get("image_status") != "video"]
+    imgs = check_images(records, scorer, require_images)
     m = pair_margins(records, scorer)
     cats, grp = np.array([r["group"] for r in records]), np.array([r["meta"]["prompt_group"] for r in records])
     def block(k): return {"accuracy": accuracy(m[k]), "acc_plus": acc_plus(m[k], grp[k]), "n_pairs": int(k.sum()), "n_groups": len(set(grp[k]))}
     per = {str(c): block(cats == c) for c in sorted(set(cats))}
     return {"benchmark": "mm_rlhf_rewardbench", **block(np.ones(len(records), bool)), "per_category": per, "ties": tie_rate(m),
-            "images": images_report(records)}
+            "skipped": {"video": videos}, "images": images_report(every)}
 
 # %% ../nbs/08_evaluate.ipynb #efdaa4a0
 def mmrb_category(id: str, category: str) -> str:

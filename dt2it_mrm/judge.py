@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import Bool, Check, ConfigError, Int, Num, OneOf, Opt, Str, check_settings
 from .core import jsonl_line, rng, stable_hash, to_jsonable, without_surrogates
-from .data import PLACEHOLDER, ImageError, PrefRecord, _text_parts, resolve_image, validate_pair
+from .data import PLACEHOLDER, ImageError, PrefRecord, text_parts, resolve_image, validate_pair
 
 _log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _user_parts(images: list[str], question: str, rest: str) -> list[dict]:
     if PLACEHOLDER in question and question.count(PLACEHOLDER) != len(images):
         raise ValueError(f"{question.count(PLACEHOLDER)} {PLACEHOLDER} placeholder(s) in the question for {len(images)} image(s)")
     it = iter(images)
-    parts = [{"type": "image", "path": next(it)} if p["type"] == "image" else p for p in _text_parts(f"Question: {question}", len(images))]
+    parts = [{"type": "image", "path": next(it)} if p["type"] == "image" else p for p in text_parts(f"Question: {question}", len(images))]
     if parts and parts[-1]["type"] == "text": parts[-1] = {"type": "text", "text": parts[-1]["text"] + rest}
     else: parts.append({"type": "text", "text": rest.lstrip()})
     return parts

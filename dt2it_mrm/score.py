@@ -24,7 +24,7 @@ from .vlm import blank_image, chat_text, image_features, load_processor, split_i
 # %% auto #0
 __all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'merged_lora_layers', 'swapped', 'item_key', 'RewardScorer',
            'load_ensemble', 'naive_scores', 'read_scored', 'unique_items', 'scorer_file', 'claim_output',
-           'score_to_jsonl', 'read_scores']
+           'score_to_jsonl', 'read_scores', 'record_items', 'main']
 
 # %% ../nbs/06c_score.ipynb #1502ff21
 class MergedLinear(nn.Module):
@@ -237,3 +237,37 @@ def read_scores(path: str | Path, items: Sequence[dict]) -> np.ndarray:
     miss = [it for it in items if item_key(it) not in done]
     if miss: raise KeyError(f"{path}: {len(miss)} items not scored, e.g. {miss[0]}")
     return np.array([done[item_key(it)] for it in items])
+
+# %% ../nbs/06c_score.ipynb #c1d2e3f4
+def record_items(records: Iterable, # PrefRecords or ListRecords (or their dicts)
+                ) -> list[dict]:
+    "The distinct scorer items of `records`: each answer with its record's image and question; a record with several images is refused (one image per item)."
+    out = []
+    for r in records:
+        d = r.to_dict() if hasattr(r, "to_dict") else r
+        if len(d["images"]) > 1: raise ValueError(f"record {d['id']!r} has {len(d['images'])} images; the scorer encodes one image per item")
+        image = d["images"][0] if d["images"] else None
+        out += [{"image": image, "question": d["question"], "answer": a} for a in (d["answers"] if "answers" in d else (d["chosen"], d["rejected"]))]
+    return unique_items(out)
+
+def main(argv: list[str] | None = None):
+    "Command line: `dt2it-score MODEL INPUT OUTPUT [--fmt FMT] [--image-root DIR] [--batch-size N]`: score every answer of a preference file."
+    import argparse
+    from .core import set_offline
+    from .data import FORMATS, read_records
+    ap = argparse.ArgumentParser(prog="dt2it-score", description="Score every answer of a preference file with a saved reward model (or ensemble: "
+                                 "the members' mean) into JSONL rows {image_path, question, answer, score}; a rerun resumes, and refuses an output another model wrote.")
+    ap.add_argument("model", help="a folder written by save_reward_model or train_ensemble")
+    ap.add_argument("input", help="a preference file (JSONL or a JSON array)")
+    ap.add_argument("output", help="the JSONL to write (appended to on a rerun by the same model)")
+    ap.add_argument("--fmt", default="jsonl", choices=sorted(FORMATS), help="the input's format (default: jsonl)")
+    ap.add_argument("--image-root", help="folder the input's image paths are relative to; no image outside it is read")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--quarantine", action="store_true", help="skip bad input lines into INPUT.quarantine.jsonl instead of stopping at the first")
+    a = ap.parse_args(argv)
+    set_offline()
+    recs, rep = read_records(a.input, a.fmt, image_root=a.image_root, on_error="quarantine" if a.quarantine else "raise")
+    items = record_items(recs)
+    out = score_to_jsonl(items, a.output, RewardScorer.load(a.model, batch_size=a.batch_size, image_root=a.image_root))
+    print(json.dumps({"read": rep.read, "kept": rep.kept, "quarantined": rep.quarantined, **{k: out[k] for k in ("items", "scored", "skipped")},
+                      "output": str(a.output)}))

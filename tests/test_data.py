@@ -11,7 +11,7 @@ from PIL import Image, ImageFile
 
 import dt2it_mrm.data as D
 from dt2it_mrm.data import (ListRecord, PrefRecord, PreferenceDataError, FieldError, ImageError, check_image, from_trl_dataset,
-                            lf_dump, list_to_pairs, load_image, read_preferences, read_records, to_trl_dataset, trl_dump,
+                            lf_dump, lf_parse, list_to_pairs, load_image, read_preferences, read_records, to_trl_dataset, trl_dump,
                             write_records)
 
 
@@ -46,7 +46,7 @@ RICH = [rec(1, source="world", group="dark", task="count", labels={"ann0": 1, "a
 
 # ---------------------------------------------------------------- round trips
 
-@pytest.mark.parametrize("fmt", ["jsonl", "llamafactory", "trl"])
+@pytest.mark.parametrize("fmt", ["jsonl", "llamafactory", "llamafactory_messages", "dt2it", "trl"])
 def test_roundtrip_pairs(root, fmt):
     p = write_records(RICH, root / f"x.{fmt}.jsonl", fmt)
     got, rep = read_preferences(p, fmt, image_root=root)
@@ -65,6 +65,25 @@ def test_llamafactory_row_shape():
     assert row["chosen"] == {"from": "gpt", "value": "There are 3 shapes."} and row["images"] == ["img/a.png", "img/c.png"]
     assert lf_dump(RICH[0])["system"] == "Judge fairly." and "system" not in json.loads(lf_dump(RICH[0])["meta"])
     assert lf_dump(RICH[1])["conversations"][0]["value"] == "Is <image> larger than <image>?"
+
+def test_llamafactory_openai_style_rows(root):
+    "LLaMA-Factory's role/content `messages` (its `tags`): a leading system message is the system prompt; dumped back the same way."
+    row = {"messages": [{"role": "system", "content": "Be strict."}, {"role": "user", "content": "<image>What colour?"}],
+           "chosen": {"role": "assistant", "content": "Red."}, "rejected": {"role": "assistant", "content": "Blue."}, "images": ["img/a.png"]}
+    (root / "m.jsonl").write_text(json.dumps(row) + "\n")
+    (r,), _ = read_preferences(root / "m.jsonl", "llamafactory", image_root=root)
+    assert (r.question, r.chosen, r.meta["system"]) == ("What colour?", "Red.", "Be strict.")
+    assert {k: v for k, v in lf_dump(r, "openai").items() if k in row} == row
+    multi = {**row, "messages": row["messages"] + [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]}
+    with pytest.raises(FieldError, match=r"expected one user turn, got \['system', 'user', 'assistant', 'user'\] \(multi-turn"): lf_parse(multi)
+
+def test_dt2it_rows(root):
+    "DT2IT-MRM's own pairwise JSONL: `image_path` (one path or several), `question`, `chosen`, `rejected`."
+    (root / "d.jsonl").write_text(json.dumps({"image_path": "img/a.png", "question": "Q?", "chosen": "A.", "rejected": "B."}) + "\n"
+                                  + json.dumps({"image_path": ["img/a.png", "img/b.png"], "question": "Q2?", "chosen": "C.", "rejected": "D.", "id": "x"}) + "\n")
+    recs, rep = read_preferences(root / "d.jsonl", "dt2it", image_root=root)
+    assert [r.images for r in recs] == [["img/a.png"], ["img/a.png", "img/b.png"]] and recs[1].id == "x" and rep.kept == 2
+    assert D.FORMATS["dt2it"].dump(recs[0])["image_path"] == "img/a.png"
 
 def test_llamafactory_foreign_row_keeps_extra_columns(root):
     foreign = {"conversations": [{"from": "human", "value": "<image>What colour?"}], "chosen": {"from": "gpt", "value": "Red."},

@@ -306,9 +306,9 @@ def test_mm_rlhf_tiny_file(tmp_path):
     assert [r["group"] for r in recs] == ["mcq", "mcq", "safety", "video", "video"]
     assert [r["meta"]["prompt_group"] for r in recs] == ["g1", "g1", "g2", "g3", "g3"] and len({r["id"] for r in recs}) == 5
     m = mm_rlhf_metrics(recs, length)
-    # pairs right: g1 both, g2 no, g3 first yes, second a tie -> 3/5; groups all right: g1 only -> 1/3
-    assert m["accuracy"] == 0.6 and m["acc_plus"] == pytest.approx(1 / 3) and m["n_pairs"] == 5 and m["n_groups"] == 3
-    assert m["per_category"]["video"] == {"accuracy": 0.5, "acc_plus": 0.0, "n_pairs": 2, "n_groups": 1}
+    # video rows skipped and counted; image pairs right: g1 both, g2 no -> 2/3; groups all right: g1 only -> 1/2
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["acc_plus"] == 0.5 and m["n_pairs"] == 3 and m["n_groups"] == 2
+    assert "video" not in m["per_category"] and m["skipped"] == {"video": 2}
     assert m["per_category"]["mcq"]["acc_plus"] == 1.0 and m["images"] == {"no_folder": 3, "video": 2}
     with pytest.raises(ImagesMissingError, match="for 3 of 3 records"): mm_rlhf_metrics(recs, NeedsImages())  # video rows exempt
 
@@ -378,10 +378,10 @@ def test_real_vl_rewardbench_counts_and_length_scorer():
 def test_real_mm_rlhf_counts_and_length_scorer():
     recs = read_mm_rlhf_rewardbench(bench("mm_rlhf_rewardbench.jsonl"))
     m = mm_rlhf_metrics(recs, length)
-    assert m["n_pairs"] == 170 and m["n_groups"] == 46
+    assert m["n_pairs"] == 145 and m["n_groups"] == 36 and m["skipped"] == {"video": 25}  # the 25 video pairs (10 prompts) are not scored
     assert {c: (v["n_pairs"], v["n_groups"]) for c, v in m["per_category"].items()} == \
-        {"long": (37, 10), "mcq": (42, 10), "safety": (32, 6), "short": (34, 10), "video": (25, 10)}
+        {"long": (37, 10), "mcq": (42, 10), "safety": (32, 6), "short": (34, 10)}
     assert m["images"] == {"no_folder": 145, "video": 25}
-    assert m["accuracy"] == pytest.approx(122 / 170) and m["acc_plus"] == pytest.approx(22 / 46) and m["ties"] == pytest.approx(2 / 170)
+    assert m["accuracy"] == pytest.approx(99 / 145) and m["acc_plus"] == pytest.approx(14 / 36) and m["ties"] == pytest.approx(1 / 145)
     c = mm_rlhf_metrics(recs, constant)
     assert c["accuracy"] == 0.0 and c["acc_plus"] == 0.0 and all(v["accuracy"] == 0.0 for v in c["per_category"].values())

@@ -149,3 +149,19 @@ def test_scorer_fingerprint_changes_with_the_heads(rm_path, tmp_path):
     out = tmp_path / "s.jsonl"
     score_to_jsonl(items, out, RewardScorer.load(rm_path), progress=False)
     with pytest.raises(ValueError, match="holds scores of another scorer"): score_to_jsonl(items, out, b, progress=False)
+
+
+def test_dt2it_score_command(rm_path, pairs, tmp_path, capsys):
+    "`dt2it-score` scores every answer of a DT2IT file once, with the scorer's own scores; a rerun resumes and scores nothing."
+    from dt2it_mrm.data import PrefRecord, write_records
+    from dt2it_mrm.score import main, record_items
+    recs = [PrefRecord.from_dict(p) for p in pairs[:4]]
+    inp, out = write_records(recs, tmp_path / "in.jsonl", "dt2it"), tmp_path / "out.jsonl"
+    main([str(rm_path), str(inp), str(out), "--fmt", "dt2it", "--batch-size", "3"])
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (rep["read"], rep["kept"], rep["items"], rep["scored"]) == (4, 4, 8, 8)
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    want = RewardScorer.load(rm_path)(record_items(recs))
+    np.testing.assert_allclose([r["score"] for r in rows], want, atol=1e-5)
+    main([str(rm_path), str(inp), str(out), "--fmt", "dt2it"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 8

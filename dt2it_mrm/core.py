@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #9e138e3f
 from __future__ import annotations
-import argparse, hashlib, json, os, random, sys, tempfile
+import argparse, hashlib, json, os, random, tempfile
 from pathlib import Path
 from typing import Any, Iterable
 

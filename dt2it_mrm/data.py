@@ -386,7 +386,7 @@ def lf_parse(row: dict,              # a pairwise row
     r = _meta_in(row, (M, "chosen", "rejected", "images", "system"), images=images, question=_strip_leading(text, len(images)), chosen=ch, rejected=rj)
     if "system" in row:
         col = _need(row, "system", _str, "a string")
-        if system is not None and col != system: raise FieldError("system", "bad_value", f"a system turn and a different `system` column")
+        if system is not None and col != system: raise FieldError("system", "bad_value", "a system turn and a different `system` column")
         system = col
     if system is not None: r.meta["system"] = system
     return r

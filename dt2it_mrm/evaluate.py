@@ -368,7 +368,7 @@ def mm_rlhf_metrics(records: Sequence[dict], # from `read_mm_rlhf_rewardbench`
     "Accuracy and acc+ overall and per category (ties are wrong), on the image rows: video rows are skipped and counted (an image model cannot watch them)."
     videos = sum(r["meta"].get("image_status") == "video" for r in records)
     every, records = records, [r for r in records if r["meta"].get("image_status") != "video"]
-    imgs = check_images(records, scorer, require_images)
+    check_images(records, scorer, require_images)
     m = pair_margins(records, scorer)
     cats, grp = np.array([r["group"] for r in records]), np.array([r["meta"]["prompt_group"] for r in records])
     def block(k): return {"accuracy": accuracy(m[k]), "acc_plus": acc_plus(m[k], grp[k]), "n_pairs": int(k.sum()), "n_groups": len(set(grp[k]))}

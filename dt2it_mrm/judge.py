@@ -15,7 +15,7 @@ from typing import Any, Iterable, Protocol
 import numpy as np
 
 from .config import Bool, Check, ConfigError, Int, Num, OneOf, Opt, Str, check_settings
-from .core import jsonl_line, rng, stable_hash, to_jsonable, without_surrogates
+from .core import jsonl_line, rng, stable_hash, without_surrogates
 from .data import PLACEHOLDER, ImageError, PrefRecord, text_parts, resolve_image, validate_pair
 
 _log = logging.getLogger(__name__)
@@ -346,7 +346,7 @@ class HTTPBackend:
 
     def body(self, req: JudgeRequest) -> dict:
         "The chat-completions request body of `req`, images inlined as data URLs."
-        def part(p): return {"type": "image_url", "image_url": {"url": image_data_url(p["path"], self.image_root)}} if p["type"] == "image" else p
+        def part(p): return {"type": "image_url", "image_url": {"url": image_data_url(p["path"], self.image_root, self.allow_outside_root)}} if p["type"] == "image" else p
         msgs = [{**m, "content": [part(p) for p in m["content"]]} if isinstance(m["content"], list) else m for m in req.messages]
         return {"model": self.model, "messages": msgs, "temperature": self.temperature, "max_tokens": self.max_tokens}
 
@@ -364,7 +364,7 @@ class HTTPBackend:
             msg = f"HTTP {e.code} {e.reason}: {snippet}"
             if e.code == 429 or e.code >= 500: raise _Retry(msg, retry_after_seconds(e.headers.get("Retry-After") if e.headers else None)) from None
             raise _Fatal(msg) from None
-        except (TimeoutError, socket.timeout) as e: raise _Retry(f"timed out after {self.timeout_s} s") from None
+        except (TimeoutError, socket.timeout): raise _Retry(f"timed out after {self.timeout_s} s") from None
         except urllib.error.URLError as e: raise _Retry(f"connection error: {e.reason}") from None
         except (ConnectionError, http.client.HTTPException, OSError) as e: raise _Retry(f"connection error: {type(e).__name__}: {e}") from None
         return _reply_text(body)

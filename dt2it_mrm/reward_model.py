@@ -4,8 +4,8 @@
 
 # %% ../nbs/06b_reward_model.ipynb #6c172e10
 from __future__ import annotations
-import hashlib, json, math, random, time
-from dataclasses import asdict, dataclass, field, fields
+import hashlib, math, random, time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 

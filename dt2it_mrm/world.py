@@ -553,7 +553,6 @@ class WorldTruth:
     @classmethod
     def load(cls, out_dir: str | Path) -> "WorldTruth":
         "The truth of a generated world, from its `scenes.jsonl`."
-        import json
         rows = read_jsonl(Path(out_dir) / "scenes.jsonl")
         return cls({r["id"]: [Obj(**o) for o in r["objects"]] for r in rows})
 
@@ -625,7 +624,6 @@ def generate_world(cfg: WorldConfig,
 
 def load_world(out_dir: str | Path) -> dict[str, list[dict]]:
     "Every split of a generated world, by name."
-    import json
     return {p.stem: read_jsonl(p) for p in sorted(Path(out_dir).glob("*.jsonl"))}
 
 def world_judge(world: dict, cfg: WorldConfig, seed: int) -> SimJudge:

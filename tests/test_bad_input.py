@@ -181,13 +181,16 @@ def test_kind_symlink_leaving_image_root(root, tmp_path_factory):
     assert resolve_image("img/a.png", root) == root / "img/a.png"
 
 
-def test_kind_judge_request_with_an_image_outside_image_root(keyed, tiny, root):
+def test_kind_judge_request_with_an_image_outside_image_root(keyed, tiny, root, tmp_path_factory):
     "An HTTP judge request whose image path leaves image_root: the request fails before anything is sent; the server sees nothing."
     srv = tiny([ok])
     b = backend(srv.url, image_root=str(root))
     with pytest.raises(ImageError, match="outside image_root"): image_data_url("/etc/passwd", root)
     r = Judge(b).ask([make_request("pointwise", ["../../../../etc/passwd"], "q1", ["an answer"])])[0]
     assert r.status == "failed" and "outside image_root" in r.error and srv.log == []
+    other = img(tmp_path_factory.mktemp("elsewhere"), "x.png")  # the opt-out sends it
+    r = Judge(backend(srv.url, image_root=str(root), allow_outside_root=True)).ask([make_request("pointwise", [str(other)], "q1", ["an answer"])])[0]
+    assert r.status == "ok" and len(srv.log) == 1
 
 
 # ---------------------------------------------------------------- images converted with loss

@@ -24,15 +24,9 @@ from dt2it_mrm.reward_model import RMConfig, base_fingerprint
 from dt2it_mrm.score import read_scored, score_to_jsonl
 from dt2it_mrm.vlm import world_texts
 from dt2it_mrm.world import WorldConfig
-from test_bad_input_handled import KEY_ENV, backend, case_file, expect_bad, keyed, ok, req, tiny, write_lines  # noqa: F401 (fixtures)
+from test_bad_input_handled import KEY_ENV, backend, case_file, expect_bad, keyed, ok, req, root, tiny, write_lines  # noqa: F401 (fixtures)
 from test_data import bad, good_rows, img, rec
 from test_judge import SECRET, Scripted
-
-
-@pytest.fixture
-def root(tmp_path):
-    img(tmp_path, "img/a.png"); img(tmp_path, "img/b.png", size=(5, 5))
-    return tmp_path
 
 
 def good_lines(fmt="jsonl") -> list[bytes]:

@@ -7,7 +7,6 @@ import logging
 import os
 import stat
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np

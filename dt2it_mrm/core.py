@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #9e138e3f
 from __future__ import annotations
-import argparse, hashlib, json, os, random, tempfile
+import argparse, hashlib, json, os, random, secrets
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -52,19 +52,16 @@ def seed_everything(seed: int): # the seed for Python, NumPy and torch
     torch.manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #61495cce
-def _umask() -> int:
-    m = os.umask(0); os.umask(m); return m
-
 def atomic_write(path: str | Path,   # destination file; parent folders are created
                  data: str | bytes,  # the whole content
                 ) -> Path:
     "Write `data` to `path` through a temporary file, fsynced, and an atomic rename; the file gets the mode the umask allows."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any new file (mkstemp would make it 0600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 whatever the umask says
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise

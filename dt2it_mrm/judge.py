@@ -284,7 +284,7 @@ def _reply_text(body: bytes) -> str:
     if isinstance(content, list): content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     if not isinstance(content, str): raise _Retry(f"malformed response body: message content is {type(content).__name__}")
     if not content.strip(): raise _Retry("empty reply")
-    return without_surrogates(content)
+    return content
 
 # %% ../nbs/05_judge.ipynb #7c5853b8
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

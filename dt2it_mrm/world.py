@@ -283,8 +283,6 @@ class WorldConfig:
         if set(self.train_group_shares) - set(GROUPS): raise ValueError(f"unknown groups {set(self.train_group_shares) - set(GROUPS)}; groups are {GROUPS}")
         if abs(sum(self.train_group_shares.values()) - 1) > 1e-6: raise ValueError(f"train_group_shares must sum to 1, got {sum(self.train_group_shares.values())}")
         if self.annotators_per_pair % 2 == 0 or self.annotators_per_pair > len(self.annotators): raise ValueError("annotators_per_pair must be odd and at most the number of annotators")
-        for a in self.annotators:
-            if a.get("kind") not in ANNOTATOR_KINDS: raise ValueError(f"annotator {a.get('id')!r}: kind must be one of {ANNOTATOR_KINDS}")
         missing = set(JUDGE_KNOBS) - set(self.judge)
         if missing or set(self.judge) - set(JUDGE_KNOBS): raise ValueError(f"judge knobs must be exactly {JUDGE_KNOBS}")
 

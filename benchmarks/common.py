@@ -23,7 +23,7 @@ def world_dir(params: dict, world: int | None = None) -> Path:
 def study_setup(world: int | None = None) -> tuple[dict, str, dict]:
     "Offline mode on; the study's params, its base model, and the dev split then the test sets of one world, by name."
     set_offline(); params = load_params(); d = world_dir(params, world)
-    tests = {k: read_pairs(d / f"{k}.jsonl") for k in ["dev", *params["evaluate"]["test_sets"]]}
+    tests = {k: read_pairs(d / f"{k}.jsonl") for k in ["dev", *params["data"]["test_sets"]]}
     return params, params["base"]["model"], tests
 
 

@@ -47,6 +47,9 @@ def test_every_stage_notebook_matches_its_declared_params(root):
         assert "seed" in cell or "worlds" not in declared, name
 
 
+NAMES_ONLY = {("report", "arms")}  # the report reads only the arms' names, to leave out older results of arms no longer trained
+
+
 def test_every_world_path_in_params_lies_in_a_declared_dependency_or_output(root):
     "A `{world}` path cannot be interpolated into dvc.yaml, so its folder must be declared there by hand."
     from dt2it_mrm.core import get_param
@@ -65,6 +68,7 @@ def test_every_world_path_in_params_lies_in_a_declared_dependency_or_output(root
         d = st.get("do", st)
         items = get_param(params, st["foreach"][2:-1]).items() if "foreach" in st else [(None, {})]
         declared = stage_params(name, root / "dvc.yaml", root / "params.yaml")
+        declared = {k: v for k, v in declared.items() if (name, k) not in NAMES_ONLY}
         for key, item in items:
             folders = [resolve(str(x if isinstance(x, str) else next(iter(x))), key, item) for x in (d.get("deps") or []) + (d.get("outs") or [])]
             used = {k: v for k, v in item.items() if f"${{item.{k}}}" in d["cmd"]}  # the item fields the stage reads

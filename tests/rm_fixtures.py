@@ -1,5 +1,6 @@
 """Shared tiny world and tiny base VLMs for the reward-model tests (imported by test_vlm, test_reward_model, test_score)."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,13 @@ def _env():
     import os
     from dt2it_mrm.core import OFFLINE_ENV
     return {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT)}
+
+
+def fresh_copy(root: Path, dest: Path) -> Path:
+    "The project's tracked and unignored files (no data or reports) copied to `dest`, a new git repository."
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (root / f).is_file() and not f.startswith(("data/", "reports/")):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(root / f, dest / f)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest

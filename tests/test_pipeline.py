@@ -2,7 +2,6 @@
 fresh copy, rerunning only what a change reaches."""
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from dt2it_mrm.core import run_stage, stage_params, world_name, world_runs
+from rm_fixtures import fresh_copy
 
 BIN = Path(sys.executable).parent
 
@@ -106,18 +106,9 @@ def test_runner_refuses_undeclared_parameters(tmp_path):
         run_stage("s", root=tmp_path)
 
 
-def _fresh_copy(root: Path, dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (root / f).is_file() and not f.startswith(("data/", "reports/")):
-            (dest / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(root / f, dest / f)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    return dest
-
-
 def _tiny_copy(root: Path, tmp_path: Path, timeout: int, judge_probe: int, **world):
     "A fresh copy on a tiny world: its folder, its params, `run(*dvc_args)` and `ran(result)` (the stages a run ran)."
-    d = _fresh_copy(root, tmp_path / "repo")
+    d = fresh_copy(root, tmp_path / "repo")
     params = yaml.safe_load((d / "params.yaml").read_text())
     params["base"]["worlds"] = [0, 1]
     params["generate"]["world"].update(world)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from dt2it_mrm.construct import construct_labels, construct_weights, label_shortcut
-from dt2it_mrm.judge import Judge, SimBackend, distil_pairs
+from dt2it_mrm.judge import Judge, distil_pairs
+from dt2it_mrm.simulate import SimBackend
 from dt2it_mrm.world import WorldConfig, generate_world, load_world, world_judge
 
 

@@ -15,10 +15,11 @@ from PIL import Image
 
 from dt2it_mrm.core import rng
 from dt2it_mrm.data import PLACEHOLDER, PrefRecord, lf_dump, lf_parse, read_preferences, validate_pair, write_records
-from dt2it_mrm.judge import (HTTPBackend, Judge, JudgeRequestError, Reply, ResponseCache, SimBackend, _reply_text, _Retry,
+from dt2it_mrm.judge import (HTTPBackend, Judge, JudgeRequestError, Reply, ResponseCache, _reply_text, _Retry,
                              agreement_report, as_choice, as_score, as_scores, distil_pairs, judge_from_params, loads_lenient, make_request,
-                             measure_distillation, normalise_json, pair_views, parse_reply, position_bias_report,
+                             normalise_json, pair_views, parse_reply, position_bias_report,
                              retry_after_seconds, score_lists, t2i_first_flags, t2i_pairs)
+from dt2it_mrm.simulate import SimBackend, measure_distillation
 from dt2it_mrm.world import SimJudge, WorldConfig, make_expert, make_split
 
 KNOBS = {"position_bias": 0.2, "error_penalty": 2.0, "length_weight": 0.6, "noise": 0.6, "difficulty_noise": 0.9}
@@ -473,9 +474,10 @@ def test_judge_from_params(tmp_path, monkeypatch, hard):
          "http": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "JUDGE_TEST_KEY", "max_retries": 2}}
     j = judge_from_params(p, progress=False)
     assert isinstance(j.backend, HTTPBackend) and (j.concurrency, j.backend.max_retries) == (3, 2) and isinstance(j.cache, ResponseCache)
-    s = judge_from_params({"backend": "sim", "cache": None}, sim_judge=sim(hard).judge, progress=False)
+    s = judge_from_params({"backend": "sim", "cache": None}, sim_backend=sim(hard), progress=False)
     assert isinstance(s.backend, SimBackend) and s.cache is None
-    with pytest.raises(ValueError, match="needs the world's SimJudge"): judge_from_params({"backend": "sim"})
+    with pytest.raises(ValueError, match="pass the simulated judge's backend as sim_backend"): judge_from_params({"backend": "sim"})
+    with pytest.raises(TypeError, match="must be a judge backend"): judge_from_params({"backend": "sim"}, sim_backend=sim(hard).judge)
     with pytest.raises(ValueError, match="judge.backend.*one of .sim., .http."): judge_from_params({"backend": "gpt"})
 
 

@@ -102,6 +102,8 @@ def test_no_votes_the_vote_modes_refuse_and_recorded_keeps_every_label(world):
     assert [(r["chosen"], r["rejected"]) for r in out] == [(r["chosen"], r["rejected"]) for r in raw]
     assert {r["meta"]["label_source"] for r in out} == {"recorded"} and {r["meta"]["label_confidence"] for r in out} == {0.75}
     assert np.isnan(ann).all() and c == {"n": 60, "without_votes": 60, "dropped": 0, "kept": 60}
+    # the construct stage's posterior for data without votes: bias_audit's signals hold null
+    assert construct_labels(raw, np.array([None] * 60), "recorded", prior=0.75)[0] == out
     # recorded ignores a posterior even where there is one
     assert construct_labels(w["train_raw"][:60], post, "recorded")[2]["without_votes"] == 0
     assert all(not r.get("meta", {}).get("label_source") for r in raw)  # the caller's records are untouched

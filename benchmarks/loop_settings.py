@@ -28,6 +28,7 @@ from dt2it_mrm.bias import dawid_skene  # noqa: E402
 from dt2it_mrm.construct import construct_labels  # noqa: E402
 from dt2it_mrm.core import atomic_write, load_params, rng, write_json  # noqa: E402
 from dt2it_mrm.judge import distil_pairs, judge_from_params  # noqa: E402
+from dt2it_mrm.simulate import SimBackend  # noqa: E402
 from dt2it_mrm.loop import nuisance_features, reannotator, restyle, run_iteration  # noqa: E402
 from dt2it_mrm.reward_model import fold_of  # noqa: E402
 from dt2it_mrm.world import SimJudge, SimRewriter, WorldConfig, WorldTruth, answer_key, make_split  # noqa: E402
@@ -59,7 +60,7 @@ def sim_judge(cfg: WorldConfig, recs: list[dict], truth: WorldTruth, seed: int):
     "A simulated judge (a `Judge`) that knows the measured truth of every answer in `recs`."
     known = {answer_key(r["images"][0], r["question"], a): (truth.errors(r["images"][0], a), truth.difficulty(r["images"][0]))
              for r in recs for a in (r["chosen"], r["rejected"])}
-    return judge_from_params({"backend": "sim"}, sim_judge=SimJudge(known, **cfg.judge, seed=seed, max_errors=cfg.max_errors), progress=False)
+    return judge_from_params({"backend": "sim"}, sim_backend=SimBackend(SimJudge(known, **cfg.judge, seed=seed, max_errors=cfg.max_errors)), progress=False)
 
 
 def judges_for(cfg: WorldConfig, recs: list[dict], truth: WorldTruth, min_decisive: int, seeds=(1, 2)):

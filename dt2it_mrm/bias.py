@@ -363,7 +363,7 @@ def dawid_skene(records: Sequence,
                 max_iter: int = 1000, tol: float = 1e-7,
                 alpha: float = 0.5,          # pseudo-count in the M-step
                ) -> tuple[np.ndarray, dict]:
-    "Posterior P(chosen truly better) per record and a report per annotator (accuracy, length preference, confusion)."
+    "Posterior P(chosen truly better) per record (NaN for a record without votes) and a report per annotator (accuracy, length preference, confusion)."
     recs = as_dicts(records)
     anns, ii, jj, vv, a_chosen = _votes(recs)
     if not len(vv): raise ValueError("no annotator labels in the records (field `labels`)")
@@ -382,7 +382,8 @@ def dawid_skene(records: Sequence,
                              for j, a in enumerate(anns)},
               "prior_longer_better": f["pi"], "loglik": f["loglik"], "iterations": f["iterations"], "converged": f["converged"],
               "length_bias": length_bias, "selection": [{"annotator": anns[j], "gain_nats": g, "freed": g > threshold} for j, g in steps]}
-    return np.where(a_chosen, q, 1 - q), report
+    if not labelled.all(): report["without_votes"] = int((~labelled).sum())
+    return np.where(labelled, np.where(a_chosen, q, 1 - q), np.nan), report
 
 # %% ../nbs/03_bias.ipynb #80ed917b
 def majority_vote(records: Sequence) -> np.ndarray:

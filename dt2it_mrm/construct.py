@@ -9,14 +9,21 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .bias import as_dicts
+from .config import Bool, Int, Num, OneOf, Opt, Share, check_settings
+from .core import rng
 from .data import swap_sides
 from .resample import compute_weights, relabel, weight_report, with_weights
 
 # %% auto #0
-__all__ = ['LABEL_MODES', 'construct_labels', 'label_shortcut', 'construct_weights']
+__all__ = ['LABEL_MODES', 'VOTE_MODES', 'JUDGE_ORDERS', 'LABEL_SCHEMA', 'judge_queue', 'construct_labels', 'label_shortcut',
+           'construct_weights']
 
 # %% ../nbs/05b_construct.ipynb #02a70443
-LABEL_MODES = ("majority", "ds", "ds_judge")
+LABEL_MODES = ("majority", "ds", "ds_judge", "recorded", "judge")
+VOTE_MODES = ("majority", "ds", "ds_judge")  # the modes that read the annotator posterior
+JUDGE_ORDERS = ("confidence", "random")
+LABEL_SCHEMA = {"labels": OneOf(*LABEL_MODES), "ds_confidence": Share(), "drop_undecided": Bool(), "judge_accuracy": Num(0.5, 1, lo_open=True),
+                "prior": Num(0.5, 1, hi_open=True), "judge_pairs": Opt(Int(0)), "judge_order": OneOf(*JUDGE_ORDERS), "seed": Int()}
 
 def _flip(r: dict) -> dict:
     "`r` with its label swapped; `meta.relabelled` says whether it now differs from the raw label."
@@ -24,43 +31,90 @@ def _flip(r: dict) -> dict:
     out["meta"]["relabelled"] = not (r.get("meta") or {}).get("relabelled", False)
     return out
 
+def _posterior(posterior, n: int) -> np.ndarray:
+    "The posterior as floats, NaN where a pair has none (None, NaN); values outside [0, 1] raise."
+    if posterior is None: return np.full(n, np.nan)
+    p = np.array([np.nan if x is None else x for x in posterior], float)
+    if len(p) != n: raise ValueError(f"{n} records but {len(p)} posteriors")
+    if ((p < 0) | (p > 1)).any(): raise ValueError(f"posteriors must lie in [0, 1] (NaN or None: no annotator votes); pair {int(np.flatnonzero((p < 0) | (p > 1))[0])} has {p[(p < 0) | (p > 1)][0]}")
+    return p
+
+def _source(r: dict, source: str, confidence: float) -> dict:
+    r["meta"] = {**(r.get("meta") or {}), "label_source": source, "label_confidence": float(confidence)}
+    return r
+
+def judge_queue(candidates: np.ndarray,  # indices of the pairs that may go to the judge
+                confidence: np.ndarray,  # P(current label right) of every pair
+                budget: int | None,      # pairs the judge may be asked about; None: every candidate
+                order: str = "confidence", # lowest confidence first (ties by index), or a seeded random subset
+                seed: int = 0,
+               ) -> np.ndarray:
+    "The candidates sent to the judge, in index order: all of them, or `budget` of them chosen by `order`."
+    c = np.asarray(candidates, int)
+    if budget is None or budget >= len(c): return c
+    if order == "confidence": pick = c[np.lexsort((c, np.asarray(confidence, float)[c]))][:budget]
+    elif order == "random": pick = c[rng(seed, "construct-judge").permutation(len(c))[:budget]]
+    else: raise ValueError(f"unknown judge order {order!r}; orders are {JUDGE_ORDERS}")
+    return np.sort(pick)
+
 def construct_labels(records: Sequence,            # raw pairs
-                     posterior: Sequence[float],   # Dawid–Skene P(chosen is better) per pair
+                     posterior: Sequence[float] | None, # Dawid–Skene P(chosen is better) per pair; NaN/None where a pair has no votes
                      mode: str = "ds_judge",       # one of LABEL_MODES
                      judge_fn: Callable | None = None, # records -> records annotated with meta.judge.verdict
                      ds_confidence: float = 0.8,   # trust the Dawid–Skene label at or above this posterior confidence
-                     drop_undecided: bool = True,  # drop pairs the judge cannot decide (else keep the Dawid–Skene label)
+                     drop_undecided: bool = True,  # drop pairs the judge cannot decide (else keep their label)
                      judge_accuracy: float = 0.95, # assumed P(judge right | decisive in both orders): its likelihood ratio in `meta.label_confidence`
+                     prior: float = 0.9,           # P(recorded label right) of a pair without annotator posterior
+                     judge_pairs: int | None = None, # most pairs the judge is asked about; None: every candidate
+                     judge_order: str = "confidence", # which candidates the judge gets when `judge_pairs` binds: confidence | random
+                     seed: int = 0,                # the random judge order
                     ) -> tuple[list[dict], np.ndarray, dict]:
-    "Relabelled records (with `meta.label_confidence`, P(label right)), the annotator-model confidence of each kept label, and counts."
+    "Relabelled records (with `meta.label_confidence`, P(label right)), the annotator-model confidence of each kept label (NaN: none), and counts."
     if mode not in LABEL_MODES: raise ValueError(f"unknown label mode {mode!r}; modes are {LABEL_MODES}")
-    recs, p = as_dicts(records), np.asarray(posterior, float)
-    if len(recs) != len(p): raise ValueError(f"{len(recs)} records but {len(p)} posteriors")
+    check_settings(dict(labels=mode, ds_confidence=ds_confidence, drop_undecided=drop_undecided, judge_accuracy=judge_accuracy, prior=prior,
+                        judge_pairs=judge_pairs, judge_order=judge_order, seed=seed), LABEL_SCHEMA, "construct")
+    recs = as_dicts(records)
+    p = _posterior(posterior, len(recs))
+    voted = ~np.isnan(p)
+    if mode in VOTE_MODES and len(recs) and not voted.any():
+        raise ValueError(f"label mode {mode!r} needs annotator votes (field `labels`), and none of the {len(recs)} pairs has a posterior; "
+                         "use 'recorded' (each pair's own label, confidence `prior`) or 'judge'")
+    counts = {"n": len(recs), "without_votes": int((~voted).sum())}
     if mode == "majority":
-        conf = np.maximum(p, 1 - p)
-        return [{**r, "meta": {**r.get("meta", {}), "label_source": "majority", "label_confidence": float(c)}} for r, c in zip(recs, conf)], conf, {"n": len(recs), "kept": len(recs)}
-    ds_recs, conf = relabel(recs, p)
-    for r, c in zip(ds_recs, conf): r["meta"] = {**r.get("meta", {}), "label_source": "ds", "label_confidence": float(c)}
-    counts = {"n": len(recs), "ds_flipped": int((p < 0.5).sum())}
-    if mode == "ds":
-        return ds_recs, conf, counts | {"kept": len(ds_recs)}
-    if judge_fn is None: raise ValueError("mode 'ds_judge' needs a judge_fn")
-    ask = np.flatnonzero(conf < ds_confidence)
-    verdicts = {i: a["meta"]["judge"]["verdict"] for i, a in zip(ask, judge_fn([ds_recs[i] for i in ask]))}
-    out, out_conf, c = [], [], {"asked_judge": len(ask), "judge_kept": 0, "judge_flipped": 0, "undecided": 0, "dropped": 0}
-    for i, (r, q) in enumerate(zip(ds_recs, conf)):
+        conf = np.where(voted, np.maximum(p, 1 - p), np.nan)
+        out = [_source(dict(r), "majority" if v else "recorded", c if v else prior) for r, c, v in zip(recs, conf, voted)]
+        return out, conf, counts | {"dropped": 0, "kept": len(recs)}
+    if mode in ("ds", "ds_judge"):
+        labelled, conf = relabel(recs, p)
+        counts["ds_flipped"] = int((p < 0.5).sum())
+        labelled = [dict(r) for r in labelled]  # the caller's records stay as they were
+    else: labelled, conf = [dict(r) for r in recs], np.full(len(recs), np.nan)
+    ann = np.where(voted, conf, np.nan) if mode in VOTE_MODES else np.full(len(recs), np.nan)  # the annotator model's confidence of each label
+    start = np.where(np.isnan(ann), prior, ann)  # P(label right) before any judge
+    for r, c, a in zip(labelled, start, ann): _source(r, "recorded" if np.isnan(a) else "ds", c)
+    if mode in ("ds", "recorded"): return labelled, ann, counts | {"dropped": 0, "kept": len(labelled)}
+    if judge_fn is None: raise ValueError(f"mode {mode!r} needs a judge_fn")
+    cand = np.flatnonzero(np.isnan(ann) | (start < ds_confidence)) if mode == "ds_judge" else np.arange(len(recs))
+    ask = judge_queue(cand, start, judge_pairs, judge_order, seed)
+    got = list(judge_fn([labelled[i] for i in ask])) if len(ask) else []
+    if len(got) != len(ask): raise ValueError(f"judge_fn returned {len(got)} records for {len(ask)} pairs")
+    verdicts = {int(i): ((a.get("meta") or {}).get("judge") or {}).get("verdict") for i, a in zip(ask, got)}
+    if bad := {v for v in verdicts.values() if v not in ("chosen", "rejected", "undecided")}:
+        raise ValueError(f"judge_fn gave verdicts {sorted(map(str, bad))}; meta.judge.verdict must be chosen, rejected or undecided")
+    out, out_conf = [], []
+    c = {"judge_candidates": len(cand), "asked_judge": len(ask), "judge_decided": 0, "judge_kept": 0, "judge_flipped": 0, "undecided": 0, "dropped": 0}
+    for i, (r, q, a) in enumerate(zip(labelled, start, ann)):
         v = verdicts.get(i)
         if v == "undecided":
             c["undecided"] += 1
             if drop_undecided: c["dropped"] += 1; continue
         elif v in ("chosen", "rejected"):
             r = r if v == "chosen" else _flip(r)
-            r["meta"] = {**r["meta"], "label_source": "judge"}
-            c["judge_kept" if v == "chosen" else "judge_flipped"] += 1
-            q = max(q, 1 - q) if v == "chosen" else 1 - q  # the posterior of the judge's label under the annotator model
-            r["meta"]["label_confidence"] = float(q * judge_accuracy / (q * judge_accuracy + (1 - q) * (1 - judge_accuracy)))
-        out.append(r); out_conf.append(q)
-    return out, np.array(out_conf), counts | c | {"kept": len(out)}
+            c["judge_decided"] += 1; c["judge_kept" if v == "chosen" else "judge_flipped"] += 1
+            q, a = (q, a) if v == "chosen" else (1 - q, 1 - a)  # the judge's label's prior (and annotator-model) probability
+            _source(r, "judge", q * judge_accuracy / (q * judge_accuracy + (1 - q) * (1 - judge_accuracy)))
+        out.append(r); out_conf.append(a)
+    return out, np.array(out_conf, float), counts | c | {"kept": len(out)}
 
 # %% ../nbs/05b_construct.ipynb #b1b4b60a
 def label_shortcut(records: Sequence, text_margin: dict) -> np.ndarray:
@@ -69,12 +123,21 @@ def label_shortcut(records: Sequence, text_margin: dict) -> np.ndarray:
     m = np.array([text_margin[r["id"]] * (-1 if (r.get("meta") or {}).get("relabelled") else 1) for r in recs], float)
     return 1 / (1 + np.exp(-m))
 
+def _uses(strategies, name: str) -> bool:
+    "Whether the strategy `name` is switched on in a strategies dict or list."
+    if isinstance(strategies, dict): return strategies.get(name) not in (None, False)
+    return name in (strategies or ())
+
 def construct_weights(records: Sequence, confidence: Sequence[float], text_margin: dict,
                       strategies: dict,           # resample strategy name -> options
                       clip: dict | None = None,   # {min_weight, max_weight}
                      ) -> tuple[list[dict], dict]:
-    "Records with their `weight` set by the strategies, and the weight report."
-    recs = as_dicts(records)
-    w = compute_weights(recs, strategies, shortcut=label_shortcut(recs, text_margin) if "shortcut" in (strategies or {}) else None,
-                        posterior=np.asarray(confidence, float), clip=clip)
-    return with_weights(recs, w), weight_report(w, recs)
+    "Records with their `weight` set by the strategies, and the weight report (with how many pairs had no annotator posterior)."
+    recs, conf = as_dicts(records), np.asarray(confidence, float)
+    w = compute_weights(recs, strategies, shortcut=label_shortcut(recs, text_margin) if _uses(strategies, "shortcut") else None,
+                        posterior=conf, clip=clip)
+    rep = weight_report(w, recs)
+    if _uses(strategies, "annotator"):
+        k = int(np.isnan(conf).sum())  # pairs without votes: annotator weight 1
+        rep["annotator"] = {"pairs": len(recs), "without_posterior": k, "switched_off": bool(len(recs)) and k == len(recs)}
+    return with_weights(recs, w), rep

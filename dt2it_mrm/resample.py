@@ -68,13 +68,16 @@ def shortcut_weights(shortcut: Any,          # per pair σ(text-only margin), in
     if ((c < 0) | (c > 1)).any(): raise ValueError("shortcut scores must lie in [0, 1]")
     return normalise((1 - c) ** strength)
 
-def annotator_weights(posterior: Any,       # per pair P(recorded label is right), e.g. `bias.dawid_skene`
+def annotator_weights(posterior: Any,       # per pair P(recorded label is right), e.g. `bias.dawid_skene`; NaN: no votes
                       power: float = 1.0,
                      ) -> np.ndarray:
-    "posterior^power, normalised to mean 1."
+    "posterior^power, normalised to mean 1 over the pairs with a posterior; 1 for pairs without one (NaN)."
     p = np.asarray(posterior, float)
-    if ((p < 0) | (p > 1)).any(): raise ValueError("posterior probabilities must lie in [0, 1]")
-    return normalise(p ** power)
+    k = ~np.isnan(p)
+    if ((p[k] < 0) | (p[k] > 1)).any(): raise ValueError("posterior probabilities must lie in [0, 1] (NaN: no annotator votes)")
+    w = np.ones(len(p))
+    if k.any(): w[k] = normalise(p[k] ** power)
+    return w
 
 def jtt_weights(margins: Any,         # the current model's score(chosen) − score(rejected) per pair
                 factor: float = 3.0,  # weight of a pair the model gets wrong, relative to one it gets right
@@ -85,14 +88,14 @@ def jtt_weights(margins: Any,         # the current model's score(chosen) − sc
 
 # %% ../nbs/04_resample.ipynb #98d58d95
 def relabel(records: Sequence,
-            posterior: Any,          # per pair P(chosen truly better), e.g. `bias.dawid_skene(records)[0]`
+            posterior: Any,          # per pair P(chosen truly better), e.g. `bias.dawid_skene(records)[0]`; NaN: no votes
             threshold: float = 0.5,  # swap where the posterior is below this
            ) -> tuple[list[dict], np.ndarray]:
-    "Records with chosen/rejected swapped where the posterior is below `threshold`, and the posterior of the new labels."
+    "Records with chosen/rejected swapped where the posterior is below `threshold`, and the posterior of the new labels (NaN kept: no votes, no swap)."
     recs, p = as_dicts(records), np.asarray(posterior, float)
     out = []
     for r, x in zip(recs, p):
-        if x >= threshold: out.append(r); continue
+        if not x < threshold: out.append(r); continue
         s = swap_sides(r); s["meta"]["relabelled"] = True
         out.append(s)
     return out, np.where(p >= threshold, p, 1 - p)

@@ -263,7 +263,7 @@ def test_kind_backend_answers_nothing(tmp_path):
                                             ({"cache": True}, "cache", "expected a string, or null")])
 def test_kind_judge_group_unknown_key_or_bad_value(group, key, says):
     "A misspelt judge setting or `cache: true`: a ConfigError naming `construct.distil.<key>` (not ignored: no cache, concurrency 1)."
-    with pytest.raises(ConfigError, match=says) as ei: judge_from_params({"backend": "sim", **group}, sim_judge=object(), where="construct.distil")
+    with pytest.raises(ConfigError, match=says) as ei: judge_from_params({"backend": "sim", **group}, sim_backend=object(), where="construct.distil")
     assert ei.value.key == f"construct.distil.{key}"
 
 

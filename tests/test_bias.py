@@ -214,7 +214,8 @@ def test_dawid_skene_posterior_orientation_and_unlabelled_pairs():
     post_f, _ = bias.dawid_skene(flipped)
     assert np.allclose(post, 1 - post_f, atol=1e-6)  # P(chosen better) follows the swap
     post_u, rep_u = bias.dawid_skene(recs + [rec(999, "long answer x", "y", labels=None)])
-    assert np.isclose(post_u[-1], rep_u["prior_longer_better"])  # no votes: the prior (chosen is the longer answer)
+    assert np.isnan(post_u[-1]) and rep_u["without_votes"] == 1 and "without_votes" not in rep  # no votes: no posterior, counted
+    assert np.allclose(post_u[:-1], post, atol=1e-6)  # and the voted pairs' posteriors do not move
     with pytest.raises(ValueError, match="no annotator labels"): bias.dawid_skene([rec(0, "a", "b")])
     with pytest.raises(ValueError, match="length_bias"): bias.dawid_skene(recs, length_bias="maybe")
 

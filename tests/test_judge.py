@@ -15,10 +15,12 @@ from PIL import Image
 
 from dt2it_mrm.core import rng
 from dt2it_mrm.data import PLACEHOLDER, PrefRecord, lf_dump, lf_parse, read_preferences, validate_pair, write_records
-from dt2it_mrm.judge import (HTTPBackend, Judge, JudgeRequestError, Reply, ResponseCache, SimBackend, _reply_text, _Retry,
+from dt2it_mrm.config import ConfigError
+from dt2it_mrm.judge import (RUBRIC, load_rubric, HTTPBackend, Judge, JudgeRequestError, Reply, ResponseCache, _reply_text, _Retry,
                              agreement_report, as_choice, as_score, as_scores, distil_pairs, judge_from_params, loads_lenient, make_request,
-                             measure_distillation, normalise_json, pair_views, parse_reply, position_bias_report,
+                             normalise_json, pair_views, parse_reply, position_bias_report,
                              retry_after_seconds, score_lists, t2i_first_flags, t2i_pairs)
+from dt2it_mrm.simulate import SimBackend, measure_distillation
 from dt2it_mrm.world import SimJudge, WorldConfig, make_expert, make_split
 
 KNOBS = {"position_bias": 0.2, "error_penalty": 2.0, "length_weight": 0.6, "noise": 0.6, "difficulty_noise": 0.9}
@@ -473,9 +475,10 @@ def test_judge_from_params(tmp_path, monkeypatch, hard):
          "http": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "JUDGE_TEST_KEY", "max_retries": 2}}
     j = judge_from_params(p, progress=False)
     assert isinstance(j.backend, HTTPBackend) and (j.concurrency, j.backend.max_retries) == (3, 2) and isinstance(j.cache, ResponseCache)
-    s = judge_from_params({"backend": "sim", "cache": None}, sim_judge=sim(hard).judge, progress=False)
+    s = judge_from_params({"backend": "sim", "cache": None}, sim_backend=sim(hard), progress=False)
     assert isinstance(s.backend, SimBackend) and s.cache is None
-    with pytest.raises(ValueError, match="needs the world's SimJudge"): judge_from_params({"backend": "sim"})
+    with pytest.raises(ValueError, match="pass the simulated judge's backend as sim_backend"): judge_from_params({"backend": "sim"})
+    with pytest.raises(TypeError, match="must be a judge backend"): judge_from_params({"backend": "sim"}, sim_backend=sim(hard).judge)
     with pytest.raises(ValueError, match="judge.backend.*one of .sim., .http."): judge_from_params({"backend": "gpt"})
 
 
@@ -560,3 +563,56 @@ def test_measure_distillation_on_a_small_world():
     assert np.isnan(m["splits"]["test_hard"]["pointwise"]["strength_vs_gap"]["spearman"])  # one gap only
     assert list(m["splits"]["test_hard"]["pointwise"]["strength_vs_gap"]["mean_strength_by_gap"]) == [1]
     assert m["splits"]["test_hard"]["pointwise"]["accuracy_decisive"] < m["splits"]["test_iid"]["pointwise"]["accuracy_decisive"]
+
+
+# ---------------------------------------------------------------- the rubric
+
+def test_default_prompt_and_request_key_are_pinned():
+    "The default rubric is the system message, and a request's key (part of every cache key) is what it always was."
+    r = make_request("pairwise", ["a.png"], "How many?", ["x", "y"])
+    assert r.messages[0] == {"role": "system", "content": RUBRIC} and r.key == "1a70ab5fd436551c"  # computed with the code before the rubric became a setting
+    assert Judge(Scripted(str)).request("pairwise", ["a.png"], "How many?", ["x", "y"]).key == r.key
+
+
+def test_custom_rubric_reaches_a_fake_backend(hard):
+    seen = []
+    class Recording(Scripted):
+        def complete(self, req): seen.append(req); return '{"better": 1}'
+    distil_pairs(hard[:2], Judge(Recording(None), rubric="Prefer the shorter answer."), "pairwise")
+    assert len(seen) == 4 and all(q.messages[0] == {"role": "system", "content": "Prefer the shorter answer."} for q in seen)
+    seen.clear()
+    score_lists([{"id": "l", "images": ["a.png"], "question": "q?", "answers": ["a", "b", "c"]}], Judge(Recording(None), rubric="R", system=False))
+    assert all(len(q.messages) == 1 and q.messages[0]["content"][0] == {"type": "text", "text": "R\n\n"} for q in seen)
+
+
+def test_rubric_from_params_reaches_the_http_body(tmp_path, monkeypatch, server_factory):
+    "A rubric file of the project and `system: false` from the params group, seen in the body a real HTTP server receives."
+    monkeypatch.setenv("JUDGE_TEST_KEY", SECRET)
+    srv = server_factory({}, reply=lambda qid: '{"better": 1}')
+    (tmp_path / "prompts").mkdir(); (tmp_path / "prompts" / "rubric.txt").write_text("Judge helpfulness, not length.\n")
+    Image.new("RGB", (4, 4)).save(tmp_path / "i.png")
+    recs = [PrefRecord("r1", ["i.png"], "q1", "good", "bad", gold=1).to_dict()]
+    http = {"base_url": srv.url, "model": "fake-judge", "api_key_env": "JUDGE_TEST_KEY", "max_retries": 0, "image_root": str(tmp_path)}
+    j = judge_from_params({"backend": "http", "http": http, "rubric": "prompts/rubric.txt"}, progress=False, root=tmp_path)
+    distil_pairs(recs, j, "pairwise")
+    assert [e["body"]["messages"][0] for e in srv.log] == [{"role": "system", "content": "Judge helpfulness, not length."}] * 2
+    j = judge_from_params({"backend": "http", "http": http, "rubric": "Only the colours count.", "system": False}, progress=False, root=tmp_path)
+    distil_pairs(recs, j, "pairwise")
+    body = srv.log[-1]["body"]
+    assert [m["role"] for m in body["messages"]] == ["user"] and body["messages"][0]["content"][0] == {"type": "text", "text": "Only the colours count.\n\n"}
+    # default settings: today's prompt, today's cache keys
+    d = judge_from_params({"backend": "http", "http": http}, progress=False, root=tmp_path)
+    req = make_request("pairwise", ["i.png"], "q1", ["good", "bad"])
+    assert d.request("pairwise", ["i.png"], "q1", ["good", "bad"]).messages == req.messages
+    assert d.cache_key(d.request("pairwise", ["i.png"], "q1", ["good", "bad"])) == Judge(d.backend).cache_key(req)
+
+
+def test_rubric_setting_errors(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    assert load_rubric(None) == RUBRIC and load_rubric("Judge by the rules in rubric.txt", tmp_path) == "Judge by the rules in rubric.txt"
+    with pytest.raises(ConfigError, match="no such rubric file") as ei: load_rubric("missing.txt", tmp_path, "construct.distil.rubric")
+    assert ei.value.key == "construct.distil.rubric"
+    with pytest.raises(ConfigError, match="must lie inside the project"): load_rubric("../outside.txt", tmp_path)
+    with pytest.raises(ConfigError, match="is empty"): load_rubric("empty.txt", tmp_path)
+    with pytest.raises(ConfigError, match="expected rubric text"): load_rubric("   ", tmp_path)
+    with pytest.raises(ConfigError, match="construct.distil.system"): judge_from_params({"backend": "sim", "system": "no"}, where="construct.distil")

@@ -150,3 +150,18 @@ def test_dynamic_weights_recompute_from_the_current_model():
     assert np.allclose(w1, resample.clip_weights(raw, max_weight=3))
     assert w2[6] == 3.0 and w2[2] < w1[2] and len(dyn.history) == 3 and dyn.history[2]["max"] == 3.0
     with pytest.raises(ValueError, match="margins"): dyn.update()  # after the first round JTT needs a model
+
+
+def test_pairs_without_votes_have_no_annotator_weight_and_are_not_relabelled():
+    "NaN posterior (no votes): annotator weight 1, the others mean 1 among themselves; relabel keeps the label."
+    p = np.array([0.9, np.nan, 0.6, np.nan])
+    w = resample.annotator_weights(p)
+    assert w[1] == w[3] == 1.0 and np.allclose(w[[0, 2]], [0.9 / 0.75, 0.6 / 0.75])
+    assert np.array_equal(resample.annotator_weights([0.9, 0.6]), resample.normalise([0.9, 0.6]))  # all voted: as before
+    assert (resample.annotator_weights([np.nan] * 3) == 1).all()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"): resample.annotator_weights([1.2, np.nan])
+    out, conf = resample.relabel(TOY[:4], [0.2, np.nan, 0.7, np.nan])
+    assert [r["chosen"] for r in out] == ["short", "long answer", "long answer", "x"] and np.isnan(conf[[1, 3]]).all()
+    mixed = [rec(i, f"answer {i} " * (1 + i % 3), f"ans {i}", "a", labels=None if i % 5 == 0 else {"x": 1, "y": i % 2, "z": 1}) for i in range(30)]
+    w = resample.compute_weights(mixed, {"annotator": {}})  # the default posterior: Dawid–Skene, NaN where no votes
+    assert np.isfinite(w).all() and (w[::5] == 1).all()

@@ -73,3 +73,16 @@ def test_no_private_names_cross_modules():
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(PKG)):
                 bad += [f"{f.name}: {a.name}" for a in node.names if a.name.startswith("_") and a.name != "__version__"]
     assert not bad, bad
+
+
+WORLD_ONLY = {"world", "simulate"}  # the synthetic world and its simulated judge
+GENERAL = ("judge", "loop", "resample", "construct", "bias", "evaluate", "score", "reward_model", "data")
+
+
+@pytest.mark.parametrize("mod", GENERAL)
+def test_general_modules_never_import_the_world(mod):
+    "A general module imports neither the world nor its simulator, directly, inside a function, or through another module."
+    direct = imported_modules((ROOT / PKG / f"{mod}.py").read_text(encoding="utf-8"))
+    assert not direct & WORLD_ONLY, f"{mod} imports {sorted(direct & WORLD_ONLY)}"
+    reach = closure({mod}) - {mod}
+    assert not reach & WORLD_ONLY, f"{mod} reaches {sorted(reach & WORLD_ONLY)} through {sorted(reach - WORLD_ONLY)}"

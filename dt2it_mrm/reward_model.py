@@ -22,12 +22,13 @@ from .vlm import (IMAGE_ONLY_KEYS, blank_image, cat_pieces, collate, encode_imag
                   load_base, load_processor, piece_bytes, with_features)
 
 # %% auto #0
-__all__ = ['FUSIONS', 'LORA_TARGETS', 'RM_SCHEMA', 'BLANK', 'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES', 'ENSEMBLE_FILE',
-           'bt_loss', 'RMConfig', 'item_image', 'ItemData', 'pair_items', 'PairData', 'CrossHead', 'RewardModel',
-           'info_nce', 'lora_config', 'text_hidden', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order',
-           'features_by_key', 'blank_tensors', 'rewards', 'pair_accuracy', 'pair_loss', 'fit', 'base_fingerprint',
-           'model_fingerprint', 'head_state', 'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of',
-           'train_ensemble', 'member_paths', 'members_saw']
+__all__ = ['FUSIONS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'BLANK', 'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES',
+           'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image', 'item_images', 'images_field', 'ItemData',
+           'pair_items', 'PairData', 'CrossHead', 'RewardModel', 'info_nce', 'lora_config', 'text_hidden',
+           'build_reward_model', 'trainable', 'lr_lambda', 'pair_order', 'FeatureCache', 'features_by_key',
+           'blank_tensors', 'rewards', 'pair_accuracy', 'pair_loss', 'fit', 'base_fingerprint', 'model_fingerprint',
+           'head_state', 'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble',
+           'member_paths', 'members_saw']
 
 # %% ../nbs/06b_reward_model.ipynb #b9224678
 def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
@@ -221,12 +222,24 @@ class RewardModel(nn.Module):
         "The VLM without its language-model head (LoRA layers inside): hidden states, no vocabulary logits."
         return (self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm).model
 
+    def blank_view(self, batch: dict, blank: Sequence[dict]) -> list[dict]:
+        "Each row's blanked image features, once per image of the row (rows whose images take another token count than the blank are refused)."
+        base = self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
+        n_rows = (batch["input_ids"] == base.config.image_token_id).sum(1).tolist(); out = []
+        for i, (n, b) in enumerate(zip(n_rows, blank)):
+            k, r = divmod(n, len(b["pooler_output"]))
+            if r or not k: raise ValueError(f"row {i}: {n} image tokens, not a multiple of the blanked image's {len(b['pooler_output'])}: fusion "
+                                            f"{self.cfg.fusion!r} feeds the blanked image in their place, so its images must take the blank's token "
+                                            "count (set min_pixels = max_pixels = blank_size**2, or use an image-seeing fusion)")
+            out.append(cat_pieces([b] * k))
+        return out
+
     def forward(self, batch: dict,           # a padded batch (from `ItemData.batch`)
                 pieces: Sequence[dict],      # image features of each row's image
                 blank: Sequence[dict] | None = None, # image features of the blanked image, per row (late/cross)
                ) -> dict:
         "Rewards of the rows of `batch` (and, for `contrastive`, the pooled text and image embeddings)."
-        view = pieces if self.sees_image() else blank
+        view = pieces if self.sees_image() else self.blank_view(batch, blank)
         h = self.backbone()(**with_features(batch, view), use_cache=False).last_hidden_state
         mask = batch["attention_mask"]
         last = h[torch.arange(len(h)), last_index(mask)]

@@ -20,14 +20,14 @@ from .data import load_image
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'Qwen2VLImageProcessorOnly', 'Qwen2_5_VLImageProcessorOnly', 'Qwen3VLImageProcessorOnly',
-           'QWEN_PLACEHOLDER', 'FAMILIES', 'TEXT_KEYS', 'PAD_VALUES', 'BLANK_GREY', 'IMAGE_ONLY_KEYS', 'QUANTS',
-           'chat_template', 'world_texts', 'train_tokenizer', 'Family', 'family_of', 'tiny_config', 'make_processor',
-           'load_processor', 'blank_image', 'messages', 'chat_text', 'split_images', 'qwen_pixels', 'encode_images',
-           'encode_image', 'encode_texts', 'encode_text', 'encode', 'collate', 'last_index', 'image_features',
-           'encoder_outputs', 'with_features', 'dequantize_4bit_portable', 'portable_cpu_4bit', 'quantization_config',
-           'fix_cpu_4bit', 'quantized_modules', 'load_base', 'PretrainConfig', 'vision_param_names', 'lr_factors',
-           'lm_examples', 'lm_loss', 'seeing_gap', 'split_by_image', 'pretrain', 'vision_position_embedding',
-           'build_base', 'save_base']
+           'QWEN_PLACEHOLDER', 'FAMILIES', 'TEXT_KEYS', 'PAD_VALUES', 'BLANK_GREY', 'IMAGE_MARK', 'IMAGE_ONLY_KEYS',
+           'QUANTS', 'chat_template', 'world_texts', 'train_tokenizer', 'Family', 'family_of', 'tiny_config',
+           'make_processor', 'set_resolution', 'load_processor', 'blank_image', 'user_content', 'messages', 'chat_text',
+           'split_images', 'qwen_pixels', 'encode_images', 'encode_image', 'encode_texts', 'encode_text', 'encode',
+           'collate', 'last_index', 'image_features', 'cat_pieces', 'piece_bytes', 'encoder_outputs', 'with_features',
+           'dequantize_4bit_portable', 'portable_cpu_4bit', 'quantization_config', 'fix_cpu_4bit', 'quantized_modules',
+           'load_base', 'PretrainConfig', 'vision_param_names', 'lr_factors', 'lm_examples', 'lm_loss', 'seeing_gap',
+           'split_by_image', 'pretrain', 'vision_position_embedding', 'build_base', 'save_base']
 
 # %% ../nbs/06a_vlm.ipynb #8da33b78
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",

@@ -221,3 +221,55 @@ def test_a_cross_fitted_ensemble_leaves_each_pair_to_a_member_that_never_saw_it(
     assert [r["pairs"] for r in reps] == saw.sum(1).tolist()  # each member trained on exactly the pairs it is said to have seen
     assert fold_of("p~x-1", 3, 0) == fold_of("p", 3, 0) and members_saw(tmp_path / "none", ["a"]).all()  # not an ensemble: in-sample
     with pytest.raises(ValueError, match="at least 2"): train_ensemble(recs, base, RMConfig(), k=1, out_dir=tmp_path / "x", crossfit=True)
+
+
+def _two_image_items(pairs):
+    a, b, c = (pairs[i]["images"][0] for i in range(3))
+    return [{"image": a, "question": "q", "answer": "x"}, {"image": [a, b], "question": "q", "answer": "x"},
+            {"image": [a, c], "question": "q", "answer": "x"}, {"image": a, "question": "q", "answer": "x", "system": "Be strict."},
+            {"image": [b, a], "question": "left <image> right <image> which?", "answer": "x"}]
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen3_vl"])
+def test_every_image_and_the_system_prompt_reach_the_reward(family, tokenizer, pairs, tmp_path):
+    from dt2it_mrm.reward_model import ItemData
+    base = make_base(tokenizer, family, tmp_path / family); proc = load_processor(base)
+    data = ItemData(proc, _two_image_items(pairs))
+    n1 = int((data.texts[0]["input_ids"] == proc.image_token_id).sum())
+    assert [int((t["input_ids"] == proc.image_token_id).sum()) for t in data.texts] == [n1, 2 * n1, 2 * n1, n1, 2 * n1]
+    assert "Be strict." in proc.tokenizer.decode(data.texts[3]["input_ids"]) and data.texts[3]["input_ids"].shape != data.texts[0]["input_ids"].shape
+    for fusion in ("early", "late"):
+        rm = build_reward_model(base, RMConfig(quant="none", fusion=fusion))
+        for p in rm.head.parameters(): torch.nn.init.normal_(p)
+        r = rewards(rm, data, _feats(rm, proc, data))
+        assert len(set(r[:4].tolist())) == 4  # a second image counts, which one counts, and the system prompt counts
+
+
+def test_pairs_over_max_length_are_skipped_counted_and_warned(base, pairs):
+    proc = load_processor(base)
+    lens = PairData(proc, pairs[:8]).lengths(); pair_len = [max(lens[i], lens[8 + i]) for i in range(8)]
+    cut = sorted(pair_len)[4]
+    with pytest.warns(UserWarning, match="pairs skipped"):
+        d = PairData(proc, pairs[:8], max_length=cut)
+    assert d.kept == [i for i in range(8) if pair_len[i] <= cut] and d.n == len(d.kept) < 8 and d.skipped == {"over_max_length": 8 - d.n}
+    assert max(d.lengths()) <= cut and d.weight.shape == (d.n,) and set(d.distinct) == {pairs[i]["images"][0] for i in d.kept}
+    _, rep = train_reward_model(pairs[:8], base, RMConfig(epochs=1, batch_size=2, max_length=cut), progress=False)
+    assert rep["pairs"] == d.n and rep["skipped"]["train"] == d.skipped
+
+
+def test_bounded_image_and_feature_caches_give_the_unbounded_rewards(base, qwen_base, pairs):
+    from dt2it_mrm.reward_model import FeatureCache
+    for b in (base, qwen_base):
+        proc = load_processor(b); recs = pairs[:6]
+        rm = build_reward_model(b, RMConfig(quant="none"))
+        for p in rm.head.parameters(): torch.nn.init.normal_(p)
+        full = PairData(proc, recs); ref = rewards(rm, full, _feats(rm, proc, full), batch_size=4)
+        tiny = PairData(proc, recs, image_cache_mb=0.2)  # room for one image or so: the rest is encoded again when needed
+        assert tiny.dropped and len(tiny.images) < len(tiny.distinct) and "pixel_values" not in tiny.batch([0, 1])
+        rm.cfg.feature_cache_mb = 0.004  # a few images' features: computed per batch, least recently used dropped
+        f = _feats(rm, proc, tiny)
+        assert isinstance(f, FeatureCache) and f.compute is not None
+        got = rewards(rm, tiny, f, batch_size=4)
+        assert len(f) - 1 < len(tiny.distinct)  # not every image's features were held at once (the blank's always are)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+        rm.cfg.feature_cache_mb = 4096

@@ -334,7 +334,6 @@ class FeatureCache(dict):
     def __getitem__(self, key):
         if isinstance(key, tuple): return cat_pieces(self.get_many(key))
         return self.get_many([key])[0]
-    def __missing__(self, key): return self[key]
     def get_many(self, keys: Sequence[str]) -> list[dict]:
         "Features of `keys`, the missing ones computed in one call."
         todo = list(dict.fromkeys(k for k in keys if not dict.__contains__(self, k)))

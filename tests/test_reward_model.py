@@ -273,3 +273,17 @@ def test_bounded_image_and_feature_caches_give_the_unbounded_rewards(base, qwen_
         assert len(f) - 1 < len(tiny.distinct)  # not every image's features were held at once (the blank's always are)
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
         rm.cfg.feature_cache_mb = 4096
+
+
+def test_single_image_pairs_encode_bit_for_bit_as_before(base, qwen_base, pairs):
+    "Digests of the text and image tensors of six one-image pairs, as the code before several images, system prompts and caches made them."
+    import hashlib
+    def digest(d):
+        h = hashlib.sha256()
+        for t in d.texts:
+            for k in sorted(t): h.update(k.encode()); h.update(t[k].numpy().tobytes())
+        for k in sorted(d.images, key=lambda k: Path(k).name):
+            for n in sorted(d.images[k]): h.update(n.encode()); h.update(d.images[k][n].numpy().tobytes())
+        return h.hexdigest()[:16]
+    assert digest(PairData(load_processor(base), pairs[:6])) == "3bddc79e0d56d708"      # llava, at commit ad2876f
+    assert digest(PairData(load_processor(qwen_base), pairs[:6])) == "89b3731e21b8dd0a" # qwen2_vl, at commit ad2876f

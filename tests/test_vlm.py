@@ -125,6 +125,9 @@ def test_several_images_and_a_system_prompt_reach_the_text_in_the_checkpoints_te
         "{% if add_generation_prompt %}[assistant]{% endif %}")
     proc = load_processor(path, 56 * 56, 28 * 28 * 64)  # the checkpoint's own template is the one used; images keep their size
     assert chat_text(proc, "what?", "red", 1, "Be brief.") == "[system]Be brief.[user]<|vision_start|><|image_pad|><|vision_end|>what?[assistant]red"
+    (tmp_path / "q" / "chat_template.jinja").unlink()  # a real Qwen2-VL folder: the template in chat_template.json
+    (tmp_path / "q" / "chat_template.json").write_text(json.dumps({"chat_template": "LEGACY{% for m in messages %}[{{ m['role'] }}]{% endfor %}"}))
+    assert chat_text(load_processor(path), "q", "a", 1, "s") == "LEGACY[system][user][assistant]"
     assert messages("a <image> b <image> c", None, 2)[0]["content"] == [
         {"type": "text", "text": "a "}, {"type": "image"}, {"type": "text", "text": " b "}, {"type": "image"}, {"type": "text", "text": " c"}]
     assert [c["type"] for c in messages("q", None, 2)[0]["content"]] == ["image", "image", "text"]  # no marks: images in front

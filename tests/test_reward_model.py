@@ -287,3 +287,11 @@ def test_single_image_pairs_encode_bit_for_bit_as_before(base, qwen_base, pairs)
         return h.hexdigest()[:16]
     assert digest(PairData(load_processor(base), pairs[:6])) == "3bddc79e0d56d708"      # llava, at commit ad2876f
     assert digest(PairData(load_processor(qwen_base), pairs[:6])) == "89b3731e21b8dd0a" # qwen2_vl, at commit ad2876f
+
+
+def test_training_with_tiny_caches_follows_the_unbounded_training(base, pairs):
+    cfg = dict(quant="none", lora_r=4, epochs=2, batch_size=4, lr=5e-3, warmup=1)
+    _, ref = train_reward_model(pairs[:8], base, RMConfig(**cfg), evals={"ev": pairs[8:12]}, progress=False)
+    _, got = train_reward_model(pairs[:8], base, RMConfig(**cfg, image_cache_mb=0, feature_cache_mb=0.002), evals={"ev": pairs[8:12]}, progress=False)
+    np.testing.assert_allclose([h["loss"] for h in got["history"]], [h["loss"] for h in ref["history"]], rtol=0, atol=1e-4)
+    assert got["history"][-1]["acc_ev"] == ref["history"][-1]["acc_ev"]

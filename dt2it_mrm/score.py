@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None):
     from .core import set_offline
     from .data import FORMATS, read_records
     ap = argparse.ArgumentParser(prog="dt2it-score", description="Score every answer of a preference file with a saved reward model (or ensemble: "
-                                 "the members' mean) into JSONL rows {image_path, question, answer, score}; a rerun resumes, and refuses an output another model wrote.")
+                                 "the members' mean) into JSONL rows {image_path, question, answer, score} (plus system, for a record with a system prompt); a rerun resumes, and refuses an output another model wrote.")
     ap.add_argument("model", help="a folder written by save_reward_model or train_ensemble")
     ap.add_argument("input", help="a preference file (JSONL or a JSON array)")
     ap.add_argument("output", help="the JSONL to write (appended to on a rerun by the same model)")

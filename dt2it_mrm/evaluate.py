@@ -25,12 +25,16 @@ __all__ = ['Scorer', 'VLRB_CATEGORIES', 'make_item', 'item_key', 'score_items', 
 # %% ../nbs/08_evaluate.ipynb #401ec3fa
 Scorer = Callable[[list[dict]], np.ndarray]
 
-def make_item(image: str | None, # image path, or None for the blanked view
-              question: str, answer: str) -> dict:
+def make_item(image: str | list[str] | None, # image path (a list for several images), or None for the blanked view
+              question: str, answer: str,
+              system: str | None = None,    # the record's system prompt, if any
+             ) -> dict:
     "One scorer item."
-    return {"image": image, "question": question, "answer": answer}
+    return {"image": image, "question": question, "answer": answer} | ({"system": system} if system is not None else {})
 
-def item_key(it: dict) -> tuple: return (it["image"], it["question"], it["answer"])
+def item_key(it: dict) -> tuple:
+    im = it["image"]
+    return (tuple(im) if isinstance(im, list) else im, it["question"], it["answer"], it.get("system"))
 def _d(r) -> dict: return r.to_dict() if hasattr(r, "to_dict") else r  # PrefRecord/ListRecord objects are accepted too
 
 def _checked(scores: Any, n: int, what: str = "scorer") -> np.ndarray:
@@ -72,16 +76,19 @@ class ScoreCache:
         return np.array([self.memo[item_key(it)] for it in items], dtype=float)
 
 # %% ../nbs/08_evaluate.ipynb #6bd7d0d5
-def _image(r: dict, blank: bool) -> str | None:
-    return None if blank or not r.get("images") else r["images"][0]
+def _image(r: dict, blank: bool) -> str | list[str] | None:
+    ims = r.get("images") or []
+    return None if blank or not ims else ims[0] if len(ims) == 1 else list(ims)
+
+def _system(r: dict) -> str | None: return (r.get("meta") or {}).get("system")
 
 def pair_items(records: Sequence[dict], # PrefRecord dicts
                blank_image: bool = False, # the text-only view: every item's image is None
               ) -> tuple[list[dict], list[dict]]:
-    "Scorer items of the chosen and of the rejected answers of `records` (first image only)."
+    "Scorer items of the chosen and of the rejected answers of `records` (every image, the system prompt if any)."
     records = [_d(r) for r in records]
-    ch = [make_item(_image(r, blank_image), r["question"], r["chosen"]) for r in records]
-    rj = [make_item(_image(r, blank_image), r["question"], r["rejected"]) for r in records]
+    ch = [make_item(_image(r, blank_image), r["question"], r["chosen"], _system(r)) for r in records]
+    rj = [make_item(_image(r, blank_image), r["question"], r["rejected"], _system(r)) for r in records]
     return ch, rj
 
 def pair_margins(records: Sequence[dict], # PrefRecord dicts
@@ -132,7 +139,7 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.sum(sx * sy) / den) if den else math.nan
 
 def _list_items(r: dict, blank: bool = False) -> list[dict]:
-    return [make_item(_image(r, blank), r["question"], a) for a in r["answers"]]
+    return [make_item(_image(r, blank), r["question"], a, _system(r)) for a in r["answers"]]
 
 def expert_agreement(lists: Sequence[dict], # ListRecord dicts with expert grades in `scores`
                      scorer: Scorer,

@@ -12,7 +12,7 @@ import numpy as np
 from .config import Bool, Int, Num, OneOf, Share, check_settings
 from .core import rng, stable_hash
 from .data import FieldError, PrefRecord, swap_sides, validate_pair
-from .evaluate import pair_items
+from .evaluate import item_key, pair_items
 
 # %% auto #0
 __all__ = ['Scorer', 'Augmenter', 'Rewriter', 'Truth', 'LOOP_DEFAULTS', 'LOOP_SCHEMA', 'loop_params', 'EnsembleScores',
@@ -48,7 +48,7 @@ def loop_params(params: dict | None = None,
 def _d(r) -> dict: return copy.deepcopy(r.to_dict() if hasattr(r, "to_dict") else r)
 
 # %% ../nbs/07_loop.ipynb #fa2ec99c
-def _key(it: dict) -> tuple: return (it["image"], it["question"], it["answer"])
+def _key(it: dict) -> tuple: return item_key(it)  # hashable for several images; tells system prompts apart
 
 class EnsembleScores:
     "Scores of an ensemble of scorers, each unique item scored once per member and remembered."

@@ -15,19 +15,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import Bool, Check, Int, Num, OneOf, Str, check_fields, check_settings
+from .config import Bool, Check, Int, Num, OneOf, Opt, Str, check_fields, check_settings
 from .core import read_json, seed_everything, stable_hash, write_json
 from .data import load_image
-from .vlm import (blank_image, collate, encode_image, encode_images, encode_texts, image_features, last_index, load_base, load_processor,
-                           with_features)
+from .vlm import (IMAGE_ONLY_KEYS, blank_image, cat_pieces, collate, encode_image, encode_images, encode_texts, image_features, last_index,
+                  load_base, load_processor, piece_bytes, with_features)
 
 # %% auto #0
-__all__ = ['FUSIONS', 'LORA_TARGETS', 'RM_SCHEMA', 'BLANK', 'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES', 'ENSEMBLE_FILE',
-           'bt_loss', 'RMConfig', 'item_image', 'ItemData', 'pair_items', 'PairData', 'CrossHead', 'RewardModel',
-           'info_nce', 'lora_config', 'text_hidden', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order',
-           'features_by_key', 'blank_tensors', 'rewards', 'pair_accuracy', 'pair_loss', 'fit', 'base_fingerprint',
-           'model_fingerprint', 'head_state', 'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of',
-           'train_ensemble', 'member_paths', 'members_saw']
+__all__ = ['FUSIONS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'BLANK', 'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES',
+           'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image', 'item_images', 'images_field', 'ItemData',
+           'pair_items', 'PairData', 'CrossHead', 'RewardModel', 'info_nce', 'lora_config', 'text_hidden',
+           'build_reward_model', 'trainable', 'lr_lambda', 'pair_order', 'FeatureCache', 'features_by_key',
+           'blank_tensors', 'rewards', 'pair_accuracy', 'pair_loss', 'fit', 'base_fingerprint', 'model_fingerprint',
+           'head_state', 'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble',
+           'member_paths', 'members_saw']
 
 # %% ../nbs/06b_reward_model.ipynb #b9224678
 def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
@@ -70,6 +71,11 @@ class RMConfig:
     eval_every: int = 0         # optimizer steps between evaluations (0: only at the end)
     blank_image: bool = False   # train (and score) on the blanked image: a text-only reward model
     blank_size: int = 84        # side of the blanked grey image
+    min_pixels: int | None = None # fewest pixels an image is resized to (Qwen-family processors; None: the checkpoint's setting)
+    max_pixels: int | None = None # most pixels an image is resized to (None: the checkpoint's setting)
+    max_length: int | None = None # most tokens of a row: longer pairs are skipped from training (counted, warned), longer items refused by scoring (None: no limit)
+    image_cache_mb: float = 4096 # image tensors kept in memory per data set; beyond, they are re-encoded when their features are needed
+    feature_cache_mb: float = 4096 # image features kept per data set; beyond, features are computed per batch and kept in an LRU of this size
     seed: int = 0
 
     def __post_init__(self): check_fields(self, RM_SCHEMA, "RMConfig")
@@ -86,7 +92,11 @@ RM_SCHEMA = {"quant": OneOf("4bit", "8bit", "none"), "lora_r": Int(1), "lora_alp
              "contrastive_weight": Num(0), "temperature": Num(0, lo_open=True), "margin": Num(0), "epochs": Num(0, lo_open=True),
              "batch_size": Int(1), "grad_accum": Int(1), "lr": Num(0, lo_open=True), "schedule": OneOf("cosine", "linear", "constant"),
              "warmup": Int(0), "weight_decay": Num(0), "max_grad_norm": Num(0, lo_open=True), "grad_ckpt": Bool(),
-             "group_by_length": Bool(), "eval_every": Int(0), "blank_image": Bool(), "blank_size": Int(28), "seed": Int()}
+             "group_by_length": Bool(), "eval_every": Int(0), "blank_image": Bool(), "blank_size": Int(28),
+             "min_pixels": Opt(Int(1)), "max_pixels": Opt(Int(1)), "max_length": Opt(Int(1)), "image_cache_mb": Num(0),
+             "feature_cache_mb": Num(0), "seed": Int()}
+
+SCORE_NEUTRAL = ("image_cache_mb", "feature_cache_mb") # settings that never change a score (left out of `model_fingerprint`)
 
 # %% ../nbs/06b_reward_model.ipynb #44e60300
 BLANK = "<blank>"  # image key of the blanked view
@@ -95,37 +105,86 @@ def item_image(image: str | None, blank: bool) -> str:
     "The image key of an item: its path, or BLANK for the blanked view."
     return BLANK if blank or image is None else image
 
+def item_images(image, # an item's `image`: a path, a list of paths, or None
+                blank: bool) -> list[str]:
+    "The image keys of an item, in placeholder order: BLANK for each image of the blanked view, [BLANK] for an item without image."
+    paths = [] if image is None else [image] if isinstance(image, str) else list(image)
+    return [item_image(p, blank) for p in paths] or [BLANK]
+
+def images_field(images: Sequence[str]):
+    "An item's `image` from a record's `images`: None, the one path, or the list of several."
+    return None if not images else images[0] if len(images) == 1 else list(images)
+
+def _row_key(keys: list[str]): return keys[0] if len(keys) == 1 else tuple(keys)
+
 class ItemData:
-    "Encoded scorer items (`image`, `question`, `answer`), image tensors stored once per distinct image."
-    def __init__(self, processor, items: Sequence[dict], # {"image": path | None, "question", "answer"}
+    "Encoded scorer items (`image`: a path, a list of paths or None; `question`; `answer`; optional `system`), image tensors stored once per distinct image."
+    def __init__(self, processor, items: Sequence[dict], # {"image": path | [paths] | None, "question", "answer", "system"?}
                  blank: bool = False,       # blank every image
                  image_root: str | Path | None = None,
-                 blank_size: int = 84):
-        self.processor, self.pad_id = processor, processor.tokenizer.pad_token_id
-        self.keys = [item_image(it["image"], blank) for it in items]
-        distinct = list(dict.fromkeys(self.keys))
-        pil = [blank_image(blank_size) if k == BLANK else load_image(k, image_root) for k in distinct]
-        enc = dict(zip(distinct, encode_images(processor, pil)))
-        self.images = {k: e[0] for k, e in enc.items()}
-        self.texts = encode_texts(processor, [(it["question"], it["answer"]) for it in items], [enc[k][1] for k in self.keys])
+                 blank_size: int = 84,
+                 image_cache_mb: float | None = None, # keep image tensors up to this size (None: all); the others are re-encoded when needed
+                 chunk: int = 256,          # images loaded and encoded at a time
+                ):
+        self.processor, self.pad_id, self.image_root, self.blank_size = processor, processor.tokenizer.pad_token_id, image_root, blank_size
+        row_imgs = [item_images(it["image"], blank) for it in items]
+        self.keys = [_row_key(r) for r in row_imgs]   # a row's image key, or the tuple of its images' keys
+        self.distinct = list(dict.fromkeys(k for r in row_imgs for k in r))
+        budget = math.inf if image_cache_mb is None else image_cache_mb * 2 ** 20
+        self.images, self.light, self.ntok, self.dropped, held = {}, {}, {}, set(), 0
+        for s in range(0, len(self.distinct), chunk):
+            part = self.distinct[s:s + chunk]
+            for k, (t, n) in zip(part, encode_images(processor, self._load(part))):
+                self.ntok[k] = n; b = piece_bytes(t)
+                if held + b <= budget: self.images[k] = t; held += b
+                else: self.dropped.add(k); self.light[k] = {n_: v for n_, v in t.items() if n_ not in IMAGE_ONLY_KEYS}
+        if self.dropped: self.light |= {k: {n_: v for n_, v in t.items() if n_ not in IMAGE_ONLY_KEYS} for k, t in self.images.items()}
+        self.texts = encode_texts(processor, [(it["question"], it["answer"], it.get("system")) for it in items], [[self.ntok[k] for k in r] for r in row_imgs])
 
+    def _load(self, keys: Sequence[str]) -> list:
+        return [blank_image(self.blank_size) if k == BLANK else load_image(k, self.image_root) for k in keys]
+    def image_tensors(self, keys: Sequence[str]) -> list[dict]:
+        "The image tensors of distinct image `keys`: kept ones as stored, the others encoded again."
+        todo = [k for k in keys if k not in self.images]
+        again = dict(zip(todo, (t for t, _ in encode_images(self.processor, self._load(todo))))) if todo else {}
+        return [self.images[k] if k in self.images else again[k] for k in keys]
+    def row_images(self, i: int) -> tuple: return self.keys[i] if isinstance(self.keys[i], tuple) else (self.keys[i],)
     def __len__(self): return len(self.texts)
     def lengths(self) -> list[int]: return [len(t["input_ids"]) for t in self.texts]
+    def too_long(self, max_length: int | None) -> list[int]:
+        "Rows of more than `max_length` tokens."
+        return [] if max_length is None else [i for i, n in enumerate(self.lengths()) if n > max_length]
     def batch(self, idx: Sequence[int]) -> dict:
-        "The padded batch of rows `idx`, with pixels."
-        return collate([self.texts[i] for i in idx], [self.images[self.keys[i]] for i in idx], self.pad_id)
+        "The padded batch of rows `idx`, with pixels (without them once some image tensors were not kept: the model takes features)."
+        store = self.light if self.dropped else self.images
+        return collate([self.texts[i] for i in idx], [store[k] for i in idx for k in self.row_images(i)], self.pad_id)
 
 def pair_items(records: Sequence[dict]) -> list[dict]:
-    "Scorer items of pairs: every chosen answer, then every rejected one."
-    mk = lambda r, a: {"image": r["images"][0] if r.get("images") else None, "question": r["question"], "answer": r[a]}
+    "Scorer items of pairs: every chosen answer, then every rejected one (every image of a record; its system prompt if any)."
+    def mk(r, a):
+        system = (r.get("meta") or {}).get("system")
+        return {"image": images_field(r.get("images")), "question": r["question"], "answer": r[a]} | ({"system": system} if system is not None else {})
     return [mk(r, "chosen") for r in records] + [mk(r, "rejected") for r in records]
 
 class PairData(ItemData):
-    "Encoded pairs: row `i` is pair i's chosen answer, row `n + i` its rejected one; `weight` per pair."
-    def __init__(self, processor, records: Sequence[dict], blank: bool = False, image_root=None, blank_size: int = 84):
-        super().__init__(processor, pair_items(records), blank, image_root, blank_size)
-        self.n = len(records)
-        self.weight = torch.tensor([float(r.get("weight", 1.0) if r.get("weight") is not None else 1.0) for r in records])
+    "Encoded pairs: row `i` is pair i's chosen answer, row `n + i` its rejected one; `weight` per pair; pairs over `max_length` tokens skipped (counted in `skipped`)."
+    def __init__(self, processor, records: Sequence[dict], blank: bool = False, image_root=None, blank_size: int = 84,
+                 max_length: int | None = None, image_cache_mb: float | None = None):
+        super().__init__(processor, pair_items(records), blank, image_root, blank_size, image_cache_mb)
+        n = len(records); long = set(self.too_long(max_length))
+        self.kept = [i for i in range(n) if i not in long and n + i not in long]  # indices of the records encoded
+        self.skipped = {"over_max_length": n - len(self.kept)} if max_length is not None else {}
+        if len(self.kept) < n:
+            import warnings
+            ids = [records[i].get("id", i) for i in range(n) if i not in set(self.kept)]
+            warnings.warn(f"{n - len(self.kept)} of {n} pairs skipped: a response row has more than max_length={max_length} tokens (e.g. {ids[:3]})")
+            rows = [*self.kept, *(n + i for i in self.kept)]
+            self.texts, self.keys = [self.texts[r] for r in rows], [self.keys[r] for r in rows]
+            used = {k for i in range(len(self.keys)) for k in self.row_images(i)}
+            self.distinct = [k for k in self.distinct if k in used]
+            self.images = {k: v for k, v in self.images.items() if k in used}; self.dropped &= used
+        self.n = len(self.kept)
+        self.weight = torch.tensor([float(records[i].get("weight", 1.0) if records[i].get("weight") is not None else 1.0) for i in self.kept])
     def pair_rows(self, pairs: Sequence[int]) -> list[int]: return [*pairs, *(self.n + i for i in pairs)]
 
 # %% ../nbs/06b_reward_model.ipynb #9aaacdcd
@@ -163,12 +222,24 @@ class RewardModel(nn.Module):
         "The VLM without its language-model head (LoRA layers inside): hidden states, no vocabulary logits."
         return (self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm).model
 
+    def blank_view(self, batch: dict, blank: Sequence[dict]) -> list[dict]:
+        "Each row's blanked image features, once per image of the row (rows whose images take another token count than the blank are refused)."
+        base = self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
+        n_rows = (batch["input_ids"] == base.config.image_token_id).sum(1).tolist(); out = []
+        for i, (n, b) in enumerate(zip(n_rows, blank)):
+            k, r = divmod(n, len(b["pooler_output"]))
+            if r or not k: raise ValueError(f"row {i}: {n} image tokens, not a multiple of the blanked image's {len(b['pooler_output'])}: fusion "
+                                            f"{self.cfg.fusion!r} feeds the blanked image in their place, so its images must take the blank's token "
+                                            "count (set min_pixels = max_pixels = blank_size**2, or use an image-seeing fusion)")
+            out.append(cat_pieces([b] * k))
+        return out
+
     def forward(self, batch: dict,           # a padded batch (from `ItemData.batch`)
                 pieces: Sequence[dict],      # image features of each row's image
                 blank: Sequence[dict] | None = None, # image features of the blanked image, per row (late/cross)
                ) -> dict:
         "Rewards of the rows of `batch` (and, for `contrastive`, the pooled text and image embeddings)."
-        view = pieces if self.sees_image() else blank
+        view = pieces if self.sees_image() else self.blank_view(batch, blank)
         h = self.backbone()(**with_features(batch, view), use_cache=False).last_hidden_state
         mask = batch["attention_mask"]
         last = h[torch.arange(len(h)), last_index(mask)]
@@ -252,10 +323,57 @@ def pair_order(n: int, batch_size: int, steps: int, seed: int,
         out.append(pool[:batch_size]); pool = pool[batch_size:]
     return out
 
-def features_by_key(rm: RewardModel, data: ItemData, extra: dict | None = None) -> dict:
-    "Image features of every distinct image of `data` (and of `extra` image tensors), by image key."
-    images = {**data.images, **(extra or {})}; keys = list(images)
-    return dict(zip(keys, image_features(rm.vlm, [images[k] for k in keys])))
+class FeatureCache(dict):
+    "Image features by image key; a tuple of keys gives their features concatenated (a multi-image row); misses computed by `compute`, least recently used dropped beyond `budget` bytes."
+    def __init__(self, compute=None,          # distinct image keys -> their features (None: misses are errors)
+                 budget: float = math.inf,    # bytes of features kept
+                 pinned: Sequence = (),       # keys never dropped
+                 items=()):
+        super().__init__(items); self.compute, self.budget, self.pinned = compute, budget, set(pinned)
+        self.held = sum(piece_bytes(v) for v in self.values())
+    def __getitem__(self, key):
+        if isinstance(key, tuple): return cat_pieces(self.get_many(key))
+        return self.get_many([key])[0]
+    def get_many(self, keys: Sequence[str]) -> list[dict]:
+        "Features of `keys`, the missing ones computed in one call."
+        todo = list(dict.fromkeys(k for k in keys if not dict.__contains__(self, k)))
+        if todo and self.compute is None: raise KeyError(todo[0])
+        new = dict(zip(todo, self.compute(todo))) if todo else {}
+        out = [new[k] if k in new else dict.__getitem__(self, k) for k in keys]
+        for k in keys:
+            if k not in new: v = dict.pop(self, k); dict.__setitem__(self, k, v)  # most recently used last
+        for k, v in new.items(): dict.__setitem__(self, k, v); self.held += piece_bytes(v)
+        self.evict(keep=set(keys))
+        return out
+    def evict(self, keep: set = frozenset()):
+        "Drop the least recently used features until the kept ones fit the budget."
+        for k in [k for k in self if k not in self.pinned and k not in keep]:
+            if self.held <= self.budget: break
+            self.held -= piece_bytes(dict.pop(self, k))
+
+def _vision_eval(rm):
+    "A function computing image features with the VLM in eval mode (its mode restored after)."
+    def f(tensors):
+        was = rm.vlm.training; rm.vlm.eval()
+        try: return image_features(rm.vlm, tensors)
+        finally: rm.vlm.train(was)
+    return f
+
+def features_by_key(rm: RewardModel, data: ItemData, extra: dict | None = None) -> FeatureCache:
+    "Image features of every distinct image of `data` (and of `extra` image tensors), by image key; computed per batch in an LRU when they exceed `rm.cfg.feature_cache_mb`."
+    extra = extra or {}; budget = rm.cfg.feature_cache_mb * 2 ** 20
+    if data.distinct:
+        probe = image_features(rm.vlm, data.image_tensors(data.distinct[:1]))[0]  # bytes per token of this model's features
+        need = piece_bytes(probe) / len(probe["pooler_output"]) * (sum(data.ntok.values()) + sum(data.ntok.get(k, 0) for k in extra))
+    else: need = 0
+    if need <= budget and not data.dropped:  # everything at once, as it always was
+        images = {**data.images, **extra}; keys = list(images)
+        return FeatureCache(items=zip(keys, image_features(rm.vlm, [images[k] for k in keys])))
+    pinned = dict(zip(extra, image_features(rm.vlm, list(extra.values())))) if extra else {}
+    f = _vision_eval(rm)
+    cache = FeatureCache(lambda keys: f(data.image_tensors(keys)), budget, pinned, pinned.items())
+    if need <= budget: cache.get_many(data.distinct)  # every feature fits: compute them all now
+    return cache
 
 def blank_tensors(processor, size: int = 84) -> dict:
     "Image tensors of the blanked (grey) image."
@@ -349,7 +467,10 @@ def model_fingerprint(rm: "RewardModel") -> str:
     h = hashlib.sha256()
     for n, t in sorted((n, p) for n, p in rm.named_parameters() if "lora_" in n or not n.startswith("vlm.")):
         h.update(n.encode()); h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return stable_hash(base_fingerprint(rm.base_path), asdict(rm.cfg), h.hexdigest())
+    cfg = {k: v for k, v in asdict(rm.cfg).items() if k not in SCORE_NEUTRAL and not (k in _NEW_KEYS and v is None)}
+    return stable_hash(base_fingerprint(rm.base_path), cfg, h.hexdigest())
+
+_NEW_KEYS = ("min_pixels", "max_pixels", "max_length")  # left out of `model_fingerprint` when unset, so earlier models keep their identity
 
 def head_state(rm: RewardModel) -> dict[str, torch.Tensor]:
     "The non-VLM trainable weights (value/fusion heads, projections)."
@@ -400,10 +521,11 @@ def train_reward_model(records: Sequence[dict],   # training pairs (PrefRecord d
                       ) -> tuple[RewardModel, dict]:
     "Train a reward model on `records`; returns it and its training report."
     seed_everything(cfg.seed); t0 = time.perf_counter()
-    rm = build_reward_model(base, cfg); proc = load_processor(base)
-    enc = lambda rs: PairData(proc, rs, cfg.blank_image, image_root, cfg.blank_size)
+    rm = build_reward_model(base, cfg); proc = load_processor(base, cfg.min_pixels, cfg.max_pixels)
+    enc = lambda rs: PairData(proc, rs, cfg.blank_image, image_root, cfg.blank_size, cfg.max_length, cfg.image_cache_mb)
     data = enc(records); ev = {n: enc(rs) for n, rs in (evals or {}).items()}
     rep = fit(rm, data, cfg, ev, accelerator=accelerator, progress=progress)
+    if cfg.max_length is not None: rep["skipped"] = {"train": data.skipped, **{n: d.skipped for n, d in ev.items()}}
     rep["total_wall_s"] = time.perf_counter() - t0
     if out_dir is not None and (accelerator is None or accelerator.is_main_process):
         save_reward_model(rm, out_dir, {"train": {k: v for k, v in rep.items() if k != "history"}})

@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from .core import jsonl_line, jsonl_lines, read_json, stable_hash, write_json
 from .data import load_image
-from .reward_model import (BLANK, ItemData, RewardModel, blank_tensors, load_reward_model, model_fingerprint,
-                                    member_paths)
-from .vlm import blank_image, chat_text, image_features, load_processor, split_images
+from .reward_model import (BLANK, FeatureCache, ItemData, RewardModel, blank_tensors, images_field, item_images, load_reward_model,
+                           model_fingerprint, member_paths)
+from .vlm import blank_image, chat_text, image_features, load_processor, piece_bytes, split_images
 
 # %% auto #0
 __all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'merged_lora_layers', 'swapped', 'item_key', 'RewardScorer',
@@ -68,8 +68,11 @@ def swapped(rm: nn.Module, layers: dict[str, nn.Module]):
 
 # %% ../nbs/06c_score.ipynb #e6cb0469
 def item_key(item: dict) -> str:
-    "Content hash of an (image, question, answer) item."
-    return stable_hash(item.get("image"), item["question"], item["answer"], n=24)
+    "Content hash of an (image(s), question, answer, system) item; an item without system prompt keys as it always did."
+    image = item.get("image")
+    if isinstance(image, (list, tuple)): image = images_field(list(image))  # one path in a list is that path
+    if item.get("system") is None: return stable_hash(image, item["question"], item["answer"], n=24)
+    return stable_hash(image, item["question"], item["answer"], {"system": item["system"]}, n=24)
 
 class RewardScorer:
     "Score items with one reward model or the mean of several (an ensemble)."
@@ -81,7 +84,11 @@ class RewardScorer:
                 ):
         self.models = [models] if isinstance(models, RewardModel) else list(models)
         self.batch_size, self.image_root, self.cache_size, self.merge = batch_size, image_root, cache_size, merge
-        self.processor = load_processor(self.models[0].base_path)
+        c0 = self.models[0].cfg; enc = lambda c: (c.min_pixels, c.max_pixels, c.max_length, c.blank_size)
+        if bad := [i for i, m in enumerate(self.models) if enc(m.cfg) != enc(c0)]:
+            raise ValueError(f"members {bad} encode inputs differently from member 0 (min_pixels, max_pixels, max_length, blank_size: "
+                             f"{enc(self.models[bad[0]].cfg)} vs {enc(c0)}); score them with separate scorers")
+        self.processor = load_processor(self.models[0].base_path, c0.min_pixels, c0.max_pixels)
         self._feats: dict = {}
         self._merged: dict[int, dict] = {}  # member -> its folded layers, made at its first call (members are frozen)
         self._fingerprint: str | None = None
@@ -98,14 +105,22 @@ class RewardScorer:
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         return cls([load_reward_model(p) for q in paths for p in member_paths(q)], **kw)
 
-    def _features(self, m: RewardModel, data: ItemData) -> dict:
-        key = (m.base_path, m.cfg.quant)
-        cache = self._feats.setdefault(key, {})
-        if BLANK not in cache: cache[BLANK] = image_features(m.vlm, [blank_tensors(self.processor, m.cfg.blank_size)])[0]
-        todo = [k for k in data.images if k not in cache]
-        if todo: cache.update(zip(todo, image_features(m.vlm, [data.images[k] for k in todo])))
-        if len(cache) > self.cache_size:
-            for k in [k for k in cache if k != BLANK and k not in data.images][: len(cache) - self.cache_size]: del cache[k]
+    def _features(self, m: RewardModel, data: ItemData) -> FeatureCache:
+        "The feature cache of `m`'s base holding (or computing per batch, beyond `feature_cache_mb`) the features of `data`'s images."
+        cache = self._feats.setdefault((m.base_path, m.cfg.quant), FeatureCache())
+        cache.budget, cache.pinned = m.cfg.feature_cache_mb * 2 ** 20, {BLANK}
+        if not dict.__contains__(cache, BLANK):
+            blank = image_features(m.vlm, [blank_tensors(self.processor, m.cfg.blank_size)])[0]
+            dict.__setitem__(cache, BLANK, blank); cache.held += piece_bytes(blank)
+        todo = [k for k in data.distinct if not dict.__contains__(cache, k)]
+        b = dict.__getitem__(cache, BLANK); per_token = piece_bytes(b) / len(b["pooler_output"])
+        if not data.dropped and cache.held + per_token * sum(data.ntok[k] for k in todo) <= cache.budget:  # all at once, as it always was
+            for k, v in zip(todo, image_features(m.vlm, [data.images[k] for k in todo]) if todo else []):
+                dict.__setitem__(cache, k, v); cache.held += piece_bytes(v)
+            if len(cache) > self.cache_size:
+                for k in [k for k in cache if k != BLANK and k not in data.images][: len(cache) - self.cache_size]: cache.held -= piece_bytes(dict.pop(cache, k))
+            cache.compute = None
+        else: cache.compute = lambda keys: image_features(m.vlm, data.image_tensors(keys))  # per batch, least recently used dropped
         return cache
 
     @torch.inference_mode()
@@ -115,7 +130,11 @@ class RewardScorer:
         if not items: return np.zeros((len(self.models), 0))
         out = np.zeros((len(self.models), len(items)))
         for blank in sorted({m.cfg.blank_image for m in self.models}):
-            data = ItemData(self.processor, items, blank, self.image_root, self.models[0].cfg.blank_size)
+            c0 = self.models[0].cfg
+            data = ItemData(self.processor, items, blank, self.image_root, c0.blank_size, c0.image_cache_mb)
+            if long := data.too_long(c0.max_length):
+                raise ValueError(f"{len(long)} of {len(items)} items have more than max_length={c0.max_length} tokens (e.g. item {long[0]}: "
+                                 f"{data.lengths()[long[0]]} tokens, image {items[long[0]]['image']!r}); the scorer refuses rather than truncate")
             lens, keys = data.lengths(), [item_key(it) for it in items]
             order = sorted(range(len(items)), key=lambda i: (lens[i], keys[i]))
             for j, m in enumerate(self.models):
@@ -146,21 +165,22 @@ def naive_scores(rm: RewardModel, items: Sequence[dict], processor=None, image_r
     "Score items one at a time, as a per-record inference script does (the stock processor per record, no shared image work)."
     processor = processor or load_processor(rm.base_path); rm.eval(); out = []
     blank = blank_image(rm.cfg.blank_size)
-    def inputs(img, q, a):
-        b = processor(text=[chat_text(processor, q, a)], images=[img], return_tensors="pt")
-        return dict(b), split_images(b, 1)[0]
+    def inputs(imgs, q, a, s):
+        b = processor(text=[chat_text(processor, q, a, len(imgs), s)], images=list(imgs), return_tensors="pt")
+        return dict(b), split_images(b, len(imgs))
     for it in items:
-        img = blank if rm.cfg.blank_image or it["image"] is None else load_image(it["image"], image_root)
-        b, im = inputs(img, it["question"], it["answer"])
-        piece = image_features(rm.vlm, [im])
-        bl = piece if rm.sees_image() else image_features(rm.vlm, [inputs(blank, it["question"], it["answer"])[1]])
+        keys = item_images(it["image"], rm.cfg.blank_image)
+        b, ims = inputs([blank if k == BLANK else load_image(k, image_root) for k in keys], it["question"], it["answer"], it.get("system"))
+        piece = image_features(rm.vlm, ims)
+        bl = piece if rm.sees_image() else image_features(rm.vlm, inputs([blank] * len(keys), it["question"], it["answer"], it.get("system"))[1])
         out.append(rm(b, piece, bl)["rewards"].double().item())
     return np.array(out)
 
 # %% ../nbs/06c_score.ipynb #da4cad3f
 OUT_FIELDS = ("image_path", "question", "answer", "score")
 
-def _row_key(row: dict) -> str: return item_key({"image": row["image_path"], "question": row["question"], "answer": row["answer"]})
+def _row_key(row: dict) -> str:
+    return item_key({"image": row["image_path"], "question": row["question"], "answer": row["answer"], "system": row.get("system")})
 
 def read_scored(path: str | Path, repair: bool = True) -> dict[str, float]:
     "Scores already in a scoring output, by item key; with `repair`, cut off a torn last line."
@@ -227,6 +247,7 @@ def score_to_jsonl(items: Iterable[dict],  # scorer items
         if all(k in done for k in keys): continue
         scores = np.asarray(scorer(ch), dtype=float)
         rows = [{"image_path": it["image"], "question": it["question"], "answer": it["answer"], "score": float(s)}
+                | ({"system": it["system"]} if it.get("system") is not None else {})
                 for it, k, s in zip(ch, keys, scores) if k not in done]
         _append(out_path, rows); done.update((k, float(s)) for k, s in zip(keys, scores)); new += len(rows)
     return {"items": len(items), "scored": new, "skipped": len(items) - new, "wall_s": time.perf_counter() - t0}
@@ -241,13 +262,13 @@ def read_scores(path: str | Path, items: Sequence[dict]) -> np.ndarray:
 # %% ../nbs/06c_score.ipynb #c1d2e3f4
 def record_items(records: Iterable, # PrefRecords or ListRecords (or their dicts)
                 ) -> list[dict]:
-    "The distinct scorer items of `records`: each answer with its record's image and question; a record with several images is refused (one image per item)."
+    "The distinct scorer items of `records`: each answer with its record's images (one path, a list of several, or None), question and system prompt."
     out = []
     for r in records:
         d = r.to_dict() if hasattr(r, "to_dict") else r
-        if len(d["images"]) > 1: raise ValueError(f"record {d['id']!r} has {len(d['images'])} images; the scorer encodes one image per item")
-        image = d["images"][0] if d["images"] else None
-        out += [{"image": image, "question": d["question"], "answer": a} for a in (d["answers"] if "answers" in d else (d["chosen"], d["rejected"]))]
+        image, system = images_field(d["images"]), (d.get("meta") or {}).get("system")
+        out += [{"image": image, "question": d["question"], "answer": a} | ({"system": system} if system is not None else {})
+                for a in (d["answers"] if "answers" in d else (d["chosen"], d["rejected"]))]
     return unique_items(out)
 
 def main(argv: list[str] | None = None):
@@ -256,7 +277,7 @@ def main(argv: list[str] | None = None):
     from .core import set_offline
     from .data import FORMATS, read_records
     ap = argparse.ArgumentParser(prog="dt2it-score", description="Score every answer of a preference file with a saved reward model (or ensemble: "
-                                 "the members' mean) into JSONL rows {image_path, question, answer, score}; a rerun resumes, and refuses an output another model wrote.")
+                                 "the members' mean) into JSONL rows {image_path, question, answer, score} (plus system, for a record with a system prompt); a rerun resumes, and refuses an output another model wrote.")
     ap.add_argument("model", help="a folder written by save_reward_model or train_ensemble")
     ap.add_argument("input", help="a preference file (JSONL or a JSON array)")
     ap.add_argument("output", help="the JSONL to write (appended to on a rerun by the same model)")

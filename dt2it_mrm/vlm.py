@@ -20,14 +20,14 @@ from .data import load_image
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'Qwen2VLImageProcessorOnly', 'Qwen2_5_VLImageProcessorOnly', 'Qwen3VLImageProcessorOnly',
-           'QWEN_PLACEHOLDER', 'FAMILIES', 'TEXT_KEYS', 'PAD_VALUES', 'BLANK_GREY', 'IMAGE_ONLY_KEYS', 'QUANTS',
-           'chat_template', 'world_texts', 'train_tokenizer', 'Family', 'family_of', 'tiny_config', 'make_processor',
-           'load_processor', 'blank_image', 'messages', 'chat_text', 'split_images', 'qwen_pixels', 'encode_images',
-           'encode_image', 'encode_texts', 'encode_text', 'encode', 'collate', 'last_index', 'image_features',
-           'encoder_outputs', 'with_features', 'dequantize_4bit_portable', 'portable_cpu_4bit', 'quantization_config',
-           'fix_cpu_4bit', 'quantized_modules', 'load_base', 'PretrainConfig', 'vision_param_names', 'lr_factors',
-           'lm_examples', 'lm_loss', 'seeing_gap', 'split_by_image', 'pretrain', 'vision_position_embedding',
-           'build_base', 'save_base']
+           'QWEN_PLACEHOLDER', 'FAMILIES', 'TEXT_KEYS', 'PAD_VALUES', 'BLANK_GREY', 'IMAGE_MARK', 'IMAGE_ONLY_KEYS',
+           'QUANTS', 'chat_template', 'world_texts', 'train_tokenizer', 'Family', 'family_of', 'tiny_config',
+           'make_processor', 'set_resolution', 'load_processor', 'blank_image', 'user_content', 'messages', 'chat_text',
+           'split_images', 'qwen_pixels', 'encode_images', 'encode_image', 'encode_texts', 'encode_text', 'encode',
+           'collate', 'last_index', 'image_features', 'cat_pieces', 'piece_bytes', 'encoder_outputs', 'with_features',
+           'dequantize_4bit_portable', 'portable_cpu_4bit', 'quantization_config', 'fix_cpu_4bit', 'quantized_modules',
+           'load_base', 'PretrainConfig', 'vision_param_names', 'lr_factors', 'lm_examples', 'lm_loss', 'seeing_gap',
+           'split_by_image', 'pretrain', 'vision_position_embedding', 'build_base', 'save_base']
 
 # %% ../nbs/06a_vlm.ipynb #8da33b78
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -174,9 +174,31 @@ def make_processor(family: str, tokenizer, image_size: int = 84, patch: int | No
     ip = Qwen2VLImageProcessorPil(min_pixels=image_size ** 2, max_pixels=image_size ** 2, patch_size=patch, merge_size=2, temporal_patch_size=2)
     return f.processor_cls(ip, tokenizer, chat_template=tpl)
 
-def load_processor(path: str | Path):
-    "The processor saved in checkpoint folder `path`, as the image-only class of its family."
-    return family_of(path).processor_cls.from_pretrained(str(path))
+def set_resolution(processor,
+                   min_pixels: int | None = None, # fewest pixels an image is resized to (None: keep the processor's)
+                   max_pixels: int | None = None, # most pixels an image is resized to (None: keep the processor's)
+                  ):
+    "`processor` (changed in place) resizing images to between `min_pixels` and `max_pixels` pixels; refused where the image processor cannot."
+    if min_pixels is None and max_pixels is None: return processor
+    from transformers.image_utils import SizeDict
+    ip = getattr(processor, "image_processor", None); size = getattr(ip, "size", None)
+    if not (hasattr(ip, "merge_size") and size is not None and "longest_edge" in size and "shortest_edge" in size):
+        raise ValueError(f"min_pixels/max_pixels need a Qwen-style image processor (dynamic resolution); {type(ip).__name__} "
+                         "resizes to a fixed size: leave min_pixels and max_pixels unset (null)")
+    lo = size["shortest_edge"] if min_pixels is None else min_pixels
+    hi = size["longest_edge"] if max_pixels is None else max_pixels
+    if lo > hi: raise ValueError(f"min_pixels {lo} exceeds max_pixels {hi}")
+    ip.size = SizeDict(shortest_edge=lo, longest_edge=hi)
+    for k, v in (("min_pixels", lo), ("max_pixels", hi)):
+        if hasattr(ip, k): setattr(ip, k, v)
+    return processor
+
+def load_processor(path: str | Path,
+                   min_pixels: int | None = None, # see `set_resolution`; None keeps the checkpoint's setting
+                   max_pixels: int | None = None,
+                  ):
+    "The processor saved in checkpoint folder `path` (with its chat template), as the image-only class of its family."
+    return set_resolution(family_of(path).processor_cls.from_pretrained(str(path)), min_pixels, max_pixels)
 
 # %% ../nbs/06a_vlm.ipynb #c1608759
 TEXT_KEYS = ("input_ids", "mm_token_type_ids", "token_type_ids", "labels")
@@ -187,15 +209,32 @@ def blank_image(size: int = 84) -> Image.Image:
     "The blanked view: a uniform grey square image."
     return Image.new("RGB", (size, size), BLANK_GREY)
 
-def messages(question: str, answer: str | None = None) -> list[dict]:
-    "Chat messages: a user turn with an image and `question`, then the assistant's `answer` if given."
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+IMAGE_MARK = "<image>"  # where a question places an image (records keep it only where images are not all in front)
+
+def user_content(question: str, n_images: int = 1) -> list[dict]:
+    "A user turn's content parts: the images at the question's `<image>` marks, or all in front of it when it has none."
+    if IMAGE_MARK not in question: return [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+    parts = question.split(IMAGE_MARK)
+    if len(parts) - 1 != n_images: raise ValueError(f"the question has {len(parts) - 1} {IMAGE_MARK} marks for {n_images} image(s): {question[:80]!r}")
+    out = []
+    for i, t in enumerate(parts):
+        if i: out.append({"type": "image"})
+        if t: out.append({"type": "text", "text": t})
+    return out
+
+def messages(question: str, answer: str | None = None,
+             n_images: int = 1,          # images of the user turn
+             system: str | None = None,  # a system prompt (a first system turn)
+            ) -> list[dict]:
+    "Chat messages in the multimodal content format: an optional system turn, the user turn (images and `question`), the assistant's `answer` if given."
+    msgs = [{"role": "user", "content": user_content(question, n_images)}]
+    if system is not None: msgs.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
     if answer is not None: msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return msgs
 
-def chat_text(processor, question: str, answer: str | None = None) -> str:
+def chat_text(processor, question: str, answer: str | None = None, n_images: int = 1, system: str | None = None) -> str:
     "The prompt (and answer) as the processor's chat template writes it."
-    return processor.apply_chat_template(messages(question, answer), tokenize=False, add_generation_prompt=answer is None)
+    return processor.apply_chat_template(messages(question, answer, n_images, system), tokenize=False, add_generation_prompt=answer is None)
 
 def split_images(out: dict, n: int) -> list[dict]:
     "Per-image pieces of a processor's image tensors (Qwen: patch rows per image by its grid; others: one row each)."
@@ -244,19 +283,26 @@ def _text_tensors(processor, ids: list[int], n_prompt: int | None) -> dict:
     if n_prompt is not None: out["labels"] = out["input_ids"].clone(); out["labels"][:n_prompt] = -100
     return out
 
-def encode_texts(processor, examples: Sequence[tuple[str, str | None]], # (question, answer) pairs
-                 n_image_tokens: Sequence[int], # each example's image placeholder length (from `encode_images`)
+def _expand(text: str, it: str, ns: Sequence[int]) -> str:
+    "`text` with its k-th image placeholder `it` repeated ns[k] times."
+    pieces = text.split(it)
+    if len(pieces) - 1 != len(ns): raise ValueError(f"the chat template wrote {len(pieces) - 1} image placeholders for {len(ns)} image(s)")
+    return pieces[0] + "".join(it * n + p for n, p in zip(ns, pieces[1:]))
+
+def encode_texts(processor, examples: Sequence[tuple], # (question, answer) or (question, answer, system) per example
+                 n_image_tokens: Sequence[int | Sequence[int]], # each example's image placeholder length(s) (from `encode_images`), one per image
                  labels: bool = False,          # mask the prompt with -100 and return `labels` (for the language-model loss)
                 ) -> list[dict]:
     "The text tensors (1-D) of many examples, their image placeholders expanded as the processor does."
     tok, it, SENT = processor.tokenizer, processor.image_token, "\x00ANSWER\x00"
-    parts: dict[str, tuple[str, str]] = {}  # the chat template is rendered once per question, around a sentinel answer
-    def text(q, a, n):
-        if q not in parts: parts[q] = tuple(chat_text(processor, q, SENT).split(SENT))
-        pre = parts[q][0].replace(it, it * n)
-        return pre + a + parts[q][1] if a is not None else chat_text(processor, q).replace(it, it * n)
-    full = tok([text(q, a, n) for (q, a), n in zip(examples, n_image_tokens)])["input_ids"]
-    prompt = tok([text(q, None, n) for (q, _), n in zip(examples, n_image_tokens)])["input_ids"] if labels else [None] * len(full)
+    parts: dict[tuple, tuple[str, str]] = {}  # the chat template is rendered once per prompt, around a sentinel answer
+    def text(q, a, s, ns):
+        ns = [ns] if isinstance(ns, int) else list(ns); k = (q, len(ns), s)
+        if k not in parts: parts[k] = tuple(chat_text(processor, q, SENT, len(ns), s).split(SENT))
+        return _expand(parts[k][0], it, ns) + a + parts[k][1] if a is not None else _expand(chat_text(processor, q, None, len(ns), s), it, ns)
+    ex = [(e[0], e[1], e[2] if len(e) > 2 else None) for e in examples]
+    full = tok([text(q, a, s, n) for (q, a, s), n in zip(ex, n_image_tokens)])["input_ids"]
+    prompt = tok([text(q, None, s, n) for (q, _, s), n in zip(ex, n_image_tokens)])["input_ids"] if labels else [None] * len(full)
     return [_text_tensors(processor, ids, len(p) if p is not None else None) for ids, p in zip(full, prompt)]
 
 def encode_text(processor, question: str, answer: str | None,
@@ -312,6 +358,19 @@ def image_features(model,                  # a VLM (or a PEFT wrapper of one)
         kw = {k: torch.cat([im[k] for im in part]) for k in part[0] if k not in ("image_sizes",)}
         out += _splits(base.model.get_image_features(**kw, return_dict=True), len(part))
     return out
+
+def cat_pieces(pieces: Sequence[dict]) -> dict:
+    "The features of several images as one piece (a multi-image row): their tokens concatenated in order."
+    if len(pieces) == 1: return pieces[0]
+    out = {"pooler_output": torch.cat([p["pooler_output"] for p in pieces])}
+    if "deepstack_features" in pieces[0]:
+        out["deepstack_features"] = [torch.cat([p["deepstack_features"][j] for p in pieces]) for j in range(len(pieces[0]["deepstack_features"]))]
+    return out
+
+def piece_bytes(piece: dict) -> int:
+    "Bytes held by the tensors of one image's features (or image tensors)."
+    ts = [v for v in piece.values() if isinstance(v, torch.Tensor)] + [t for t in piece.get("deepstack_features", [])]
+    return sum(t.numel() * t.element_size() for t in ts)
 
 def encoder_outputs(pieces: Sequence[dict]) -> dict:
     "`mm_encoder_outputs` for a batch whose images are `pieces`, in row order."

@@ -68,9 +68,10 @@ def test_pair_margins_one_call_on_unique_items():
     assert len(s.calls) == 1 and len(s.calls[0]) == 5  # "short" on x.png is scored once
 
 def test_pair_items_blank_view_and_record_objects():
-    r = PrefRecord("p", ["img.png", "img2.png"], "q?", "yes", "no")
-    ch, rj = pair_items([r])
-    assert ch == [{"image": "img.png", "question": "q?", "answer": "yes"}] and rj[0]["answer"] == "no"
+    r = PrefRecord("p", ["img.png", "img2.png"], "q?", "yes", "no", meta={"system": "Be brief."})
+    ch, rj = pair_items([r])  # every image, in order, and the system prompt
+    assert ch == [{"image": ["img.png", "img2.png"], "question": "q?", "answer": "yes", "system": "Be brief."}] and rj[0]["answer"] == "no"
+    assert pair_items([pair(0, "a", "b")])[0][0] == {"image": "x.png", "question": pair(0, "a", "b")["question"], "answer": "a"}
     chb, _ = pair_items([r.to_dict()], blank_image=True)
     assert chb[0]["image"] is None
     assert pair_items([pair(0, "a", "b", image=None)])[0][0]["image"] is None  # a record with no image

@@ -221,3 +221,77 @@ def test_a_cross_fitted_ensemble_leaves_each_pair_to_a_member_that_never_saw_it(
     assert [r["pairs"] for r in reps] == saw.sum(1).tolist()  # each member trained on exactly the pairs it is said to have seen
     assert fold_of("p~x-1", 3, 0) == fold_of("p", 3, 0) and members_saw(tmp_path / "none", ["a"]).all()  # not an ensemble: in-sample
     with pytest.raises(ValueError, match="at least 2"): train_ensemble(recs, base, RMConfig(), k=1, out_dir=tmp_path / "x", crossfit=True)
+
+
+def _two_image_items(pairs):
+    a, b, c = (pairs[i]["images"][0] for i in range(3))
+    return [{"image": a, "question": "q", "answer": "x"}, {"image": [a, b], "question": "q", "answer": "x"},
+            {"image": [a, c], "question": "q", "answer": "x"}, {"image": a, "question": "q", "answer": "x", "system": "Be strict."},
+            {"image": [b, a], "question": "left <image> right <image> which?", "answer": "x"}]
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen3_vl"])
+def test_every_image_and_the_system_prompt_reach_the_reward(family, tokenizer, pairs, tmp_path):
+    from dt2it_mrm.reward_model import ItemData
+    base = make_base(tokenizer, family, tmp_path / family); proc = load_processor(base)
+    data = ItemData(proc, _two_image_items(pairs))
+    n1 = int((data.texts[0]["input_ids"] == proc.image_token_id).sum())
+    assert [int((t["input_ids"] == proc.image_token_id).sum()) for t in data.texts] == [n1, 2 * n1, 2 * n1, n1, 2 * n1]
+    assert "Be strict." in proc.tokenizer.decode(data.texts[3]["input_ids"]) and data.texts[3]["input_ids"].shape != data.texts[0]["input_ids"].shape
+    for fusion in ("early", "late"):
+        rm = build_reward_model(base, RMConfig(quant="none", fusion=fusion))
+        for p in rm.head.parameters(): torch.nn.init.normal_(p)
+        r = rewards(rm, data, _feats(rm, proc, data))
+        assert len(set(r[:4].tolist())) == 4  # a second image counts, which one counts, and the system prompt counts
+
+
+def test_pairs_over_max_length_are_skipped_counted_and_warned(base, pairs):
+    proc = load_processor(base)
+    lens = PairData(proc, pairs[:8]).lengths(); pair_len = [max(lens[i], lens[8 + i]) for i in range(8)]
+    cut = sorted(pair_len)[4]
+    with pytest.warns(UserWarning, match="pairs skipped"):
+        d = PairData(proc, pairs[:8], max_length=cut)
+    assert d.kept == [i for i in range(8) if pair_len[i] <= cut] and d.n == len(d.kept) < 8 and d.skipped == {"over_max_length": 8 - d.n}
+    assert max(d.lengths()) <= cut and d.weight.shape == (d.n,) and set(d.distinct) == {pairs[i]["images"][0] for i in d.kept}
+    _, rep = train_reward_model(pairs[:8], base, RMConfig(epochs=1, batch_size=2, max_length=cut), progress=False)
+    assert rep["pairs"] == d.n and rep["skipped"]["train"] == d.skipped
+
+
+def test_bounded_image_and_feature_caches_give_the_unbounded_rewards(base, qwen_base, pairs):
+    from dt2it_mrm.reward_model import FeatureCache
+    for b in (base, qwen_base):
+        proc = load_processor(b); recs = pairs[:6]
+        rm = build_reward_model(b, RMConfig(quant="none"))
+        for p in rm.head.parameters(): torch.nn.init.normal_(p)
+        full = PairData(proc, recs); ref = rewards(rm, full, _feats(rm, proc, full), batch_size=4)
+        tiny = PairData(proc, recs, image_cache_mb=0.2)  # room for one image or so: the rest is encoded again when needed
+        assert tiny.dropped and len(tiny.images) < len(tiny.distinct) and "pixel_values" not in tiny.batch([0, 1])
+        rm.cfg.feature_cache_mb = 0.004  # a few images' features: computed per batch, least recently used dropped
+        f = _feats(rm, proc, tiny)
+        assert isinstance(f, FeatureCache) and f.compute is not None
+        got = rewards(rm, tiny, f, batch_size=4)
+        assert len(f) - 1 < len(tiny.distinct)  # not every image's features were held at once (the blank's always are)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+        rm.cfg.feature_cache_mb = 4096
+
+
+def test_single_image_pairs_encode_bit_for_bit_as_before(base, qwen_base, pairs):
+    "Digests of the text and image tensors of six one-image pairs, as the code before several images, system prompts and caches made them."
+    import hashlib
+    def digest(d):
+        h = hashlib.sha256()
+        for t in d.texts:
+            for k in sorted(t): h.update(k.encode()); h.update(t[k].numpy().tobytes())
+        for k in sorted(d.images, key=lambda k: Path(k).name):
+            for n in sorted(d.images[k]): h.update(n.encode()); h.update(d.images[k][n].numpy().tobytes())
+        return h.hexdigest()[:16]
+    assert digest(PairData(load_processor(base), pairs[:6])) == "3bddc79e0d56d708"      # llava, at commit ad2876f
+    assert digest(PairData(load_processor(qwen_base), pairs[:6])) == "89b3731e21b8dd0a" # qwen2_vl, at commit ad2876f
+
+
+def test_training_with_tiny_caches_follows_the_unbounded_training(base, pairs):
+    cfg = dict(quant="none", lora_r=4, epochs=2, batch_size=4, lr=5e-3, warmup=1)
+    _, ref = train_reward_model(pairs[:8], base, RMConfig(**cfg), evals={"ev": pairs[8:12]}, progress=False)
+    _, got = train_reward_model(pairs[:8], base, RMConfig(**cfg, image_cache_mb=0, feature_cache_mb=0.002), evals={"ev": pairs[8:12]}, progress=False)
+    np.testing.assert_allclose([h["loss"] for h in got["history"]], [h["loss"] for h in ref["history"]], rtol=0, atol=1e-4)
+    assert got["history"][-1]["acc_ev"] == ref["history"][-1]["acc_ev"]

@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 import pytest
 
 from rm_fixtures import ROOT, _env, read_jsonl
@@ -165,3 +166,42 @@ def test_dt2it_score_command(rm_path, pairs, tmp_path, capsys):
     np.testing.assert_allclose([r["score"] for r in rows], want, atol=1e-5)
     main([str(rm_path), str(inp), str(out), "--fmt", "dt2it"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 8
+
+
+def test_several_images_and_a_system_prompt_score_as_the_processor_encodes_them(qwen_base, pairs):
+    from dt2it_mrm.score import record_items
+    rm = build_reward_model(qwen_base, RMConfig(quant="none", fusion="early"))
+    for p in rm.head.parameters(): torch.nn.init.normal_(p)
+    rm.base_path = str(qwen_base)
+    a, b, c = (pairs[i]["images"][0] for i in range(3))
+    items = [{"image": a, "question": "q", "answer": "x"}, {"image": [a, b], "question": "q", "answer": "x"},
+             {"image": [a, c], "question": "one <image> two <image> ?", "answer": "x"},
+             {"image": a, "question": "q", "answer": "x", "system": "Be strict."}]
+    got = RewardScorer(rm, batch_size=3)(items)
+    np.testing.assert_allclose(got, naive_scores(rm, items), rtol=0, atol=1e-5)  # the stock processor, images and system in its messages
+    assert len(set(np.round(got, 6).tolist())) == 4
+    rec = {"id": "r", "images": [a, b], "question": "q", "chosen": "x", "rejected": "y", "meta": {"system": "Be strict."}}
+    assert record_items([rec]) == [{"image": [a, b], "question": "q", "answer": "x", "system": "Be strict."},
+                                   {"image": [a, b], "question": "q", "answer": "y", "system": "Be strict."}]
+
+
+def test_item_keys_of_single_image_items_are_unchanged_and_others_are_distinct():
+    from dt2it_mrm.core import stable_hash
+    it = {"image": "a.png", "question": "q", "answer": "x"}
+    assert item_key(it) == stable_hash("a.png", "q", "x", n=24) == item_key(it | {"system": None}) == item_key(it | {"image": ["a.png"]})
+    keys = {item_key(it), item_key(it | {"system": "s"}), item_key(it | {"image": ["a.png", "b.png"]}), item_key(it | {"image": ["b.png", "a.png"]})}
+    assert len(keys) == 4
+
+
+def test_scoring_refuses_items_over_max_length_and_resumes_items_with_a_system_prompt(qwen_base, pairs, tmp_path):
+    rm = build_reward_model(qwen_base, RMConfig(quant="none", max_length=40)); rm.base_path = str(qwen_base)
+    items = pair_items(pairs[:2])
+    with pytest.raises(ValueError, match="more than max_length=40 tokens"): RewardScorer(rm)(items)
+    rm.cfg.max_length = None
+    sys_items = [it | {"system": "Be strict."} for it in items]
+    out = tmp_path / "s.jsonl"; sc = RewardScorer(rm, batch_size=2)
+    first = score_to_jsonl(sys_items[:2], out, sc, progress=False)
+    again = score_to_jsonl(sys_items, out, sc, progress=False)
+    assert first["scored"] == 2 and again["skipped"] == 2 and again["scored"] == len(sys_items) - 2
+    rows = read_jsonl(out); assert all(r["system"] == "Be strict." for r in rows)
+    assert set(read_scored(out)) == {item_key(it) for it in sys_items}

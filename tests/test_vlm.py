@@ -115,3 +115,39 @@ def test_portable_4bit_dequantisation_is_bitsandbytes_reference_bit_for_bit(quan
     assert 0 < (mine - w).abs().max() < w.abs().max()  # a real dequantisation, not a copy
     portable_cpu_4bit()
     assert torch.equal(bnbF.dequantize_4bit(q, st), mine)
+
+
+def test_several_images_and_a_system_prompt_reach_the_text_in_the_checkpoints_template(tokenizer, pairs, tmp_path):
+    from dt2it_mrm.vlm import encode_texts, messages
+    path = make_base(tokenizer, "qwen2_vl", tmp_path / "q")
+    (tmp_path / "q" / "chat_template.jinja").write_text("{% for m in messages %}[{{ m['role'] }}]{% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}")
+    proc = load_processor(path, 56 * 56, 28 * 28 * 64)  # the checkpoint's own template is the one used; images keep their size
+    assert chat_text(proc, "what?", "red", 1, "Be brief.") == "[system]Be brief.[user]<|vision_start|><|image_pad|><|vision_end|>what?[assistant]red"
+    (tmp_path / "q" / "chat_template.jinja").unlink()  # a real Qwen2-VL folder: the template in chat_template.json
+    (tmp_path / "q" / "chat_template.json").write_text(json.dumps({"chat_template": "LEGACY{% for m in messages %}[{{ m['role'] }}]{% endfor %}"}))
+    assert chat_text(load_processor(path), "q", "a", 1, "s") == "LEGACY[system][user][assistant]"
+    assert messages("a <image> b <image> c", None, 2)[0]["content"] == [
+        {"type": "text", "text": "a "}, {"type": "image"}, {"type": "text", "text": " b "}, {"type": "image"}, {"type": "text", "text": " c"}]
+    assert [c["type"] for c in messages("q", None, 2)[0]["content"]] == ["image", "image", "text"]  # no marks: images in front
+    with pytest.raises(ValueError, match="1 <image> marks for 2 image"): messages("a <image> b", None, 2)
+    ims = [load_image(pairs[0]["images"][0]), load_image(pairs[1]["images"][0]).resize((112, 84))]
+    q = "left <image> right <image> same?"
+    ref = proc(text=[chat_text(proc, q, "no", 2, "Be brief.")], images=ims, return_tensors="pt")
+    got = encode_texts(proc, [(q, "no", "Be brief.")], [[n for _, n in encode_images(proc, ims)]])[0]
+    assert got["input_ids"].equal(ref["input_ids"][0]) and int((got["input_ids"] == proc.image_token_id).sum()) == 9 + 12
+
+
+def test_min_and_max_pixels_set_the_image_token_count_of_a_large_image(tokenizer, tmp_path):
+    from PIL import Image
+    from dt2it_mrm.vlm import set_resolution
+    path = make_base(tokenizer, "qwen2_vl", tmp_path / "q")
+    big = Image.new("RGB", (1920, 1080), (10, 200, 30))
+    assert encode_images(load_processor(path), [big])[0][1] == 2 * 4  # the tiny checkpoint's own setting, about 84x84 pixels: 56x112
+    assert encode_images(load_processor(path, 56 * 56, 28 * 28 * 16384), [big])[0][1] == 39 * 69  # Qwen2-VL's defaults: 2,691 tokens
+    assert encode_images(load_processor(path, None, 28 * 28 * 256), [big])[0][1] == 12 * 21  # 336x588 pixels: at most 256 tokens
+    with pytest.raises(ValueError, match="exceeds max_pixels"): load_processor(path, 10 ** 6, 10 ** 5)
+    llava = make_base(tokenizer, "llava", tmp_path / "l")
+    with pytest.raises(ValueError, match="fixed size"): load_processor(llava, None, 28 * 28 * 256)
+    assert set_resolution(load_processor(llava)) is not None  # nothing asked, nothing refused

@@ -19,7 +19,7 @@ from .core import jsonl_line, jsonl_lines, read_json, stable_hash, write_json
 from .data import load_image
 from .reward_model import (BLANK, ItemData, RewardModel, blank_tensors, load_reward_model, model_fingerprint,
                                     member_paths)
-from .vlm import blank_image, chat_text, image_features, load_processor, split_images
+from .vlm import as_dtype, autocast, blank_image, chat_text, image_features, load_processor, model_device, split_images, to_device
 
 # %% auto #0
 __all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'merged_lora_layers', 'swapped', 'item_key', 'RewardScorer',
@@ -44,13 +44,13 @@ def dense_weight(layer: nn.Module) -> torch.Tensor | None:
 def merged_lora_layers(rm: RewardModel) -> dict[str, MergedLinear]:
     "Every LoRA projection of `rm` that can be folded, as a `MergedLinear` by module name (the model is not changed)."
     from peft.tuners.lora import LoraLayer
-    out = {}
+    out = {}; dtype = as_dtype(rm.cfg.compute_dtype if hasattr(rm, "cfg") else "float32")  # autocast would cast a float32 weight each call
     with torch.no_grad():
         for name, mod in rm.named_modules():
             if not isinstance(mod, LoraLayer) or not mod.active_adapters or (w := dense_weight(mod.get_base_layer())) is None: continue
             for a in mod.active_adapters:
                 if a in mod.lora_A: w = w + (mod.lora_B[a].weight @ mod.lora_A[a].weight) * mod.scaling[a]
-            out[name] = MergedLinear(w, mod.get_base_layer().bias)
+            out[name] = MergedLinear(w.to(dtype), mod.get_base_layer().bias)
     return out
 
 @contextmanager
@@ -93,13 +93,18 @@ class RewardScorer:
         return self._fingerprint
 
     @classmethod
-    def load(cls, path: str | Path | Sequence[str | Path], **kw) -> "RewardScorer":
+    def load(cls, path: str | Path | Sequence[str | Path],
+             device=None,              # where to score; None: this process's GPU if any, else the CPU
+             compute_dtype: str | None = None, # override the members' recorded compute dtype
+             attn_implementation: str | None = None, # override the members' recorded attention implementation
+             **kw) -> "RewardScorer":
         "A scorer over the reward model(s) saved at `path` (a model folder, an ensemble folder, or a list of them)."
         paths = [path] if isinstance(path, (str, Path)) else list(path)
-        return cls([load_reward_model(p) for q in paths for p in member_paths(q)], **kw)
+        lk = dict(device=device, compute_dtype=compute_dtype, attn_implementation=attn_implementation)
+        return cls([load_reward_model(p, **lk) for q in paths for p in member_paths(q)], **kw)
 
     def _features(self, m: RewardModel, data: ItemData) -> dict:
-        key = (m.base_path, m.cfg.quant)
+        key = (m.base_path, m.cfg.quant, m.cfg.compute_dtype, m.cfg.attn_implementation, str(model_device(m)))
         cache = self._feats.setdefault(key, {})
         if BLANK not in cache: cache[BLANK] = image_features(m.vlm, [blank_tensors(self.processor, m.cfg.blank_size)])[0]
         todo = [k for k in data.images if k not in cache]
@@ -120,13 +125,14 @@ class RewardScorer:
             order = sorted(range(len(items)), key=lambda i: (lens[i], keys[i]))
             for j, m in enumerate(self.models):
                 if m.cfg.blank_image != blank: continue
-                feats = self._features(m, data); m.eval()
+                feats = self._features(m, data); m.eval(); dev = model_device(m)
                 if self.merge and j not in self._merged: self._merged[j] = merged_lora_layers(m)
-                with swapped(m, self._merged.get(j, {})):
+                with swapped(m, self._merged.get(j, {})), autocast(m.cfg.compute_dtype, dev):
                     for s in range(0, len(order), self.batch_size):
                         rows = order[s:s + self.batch_size]
-                        r = m(data.batch(rows), [feats[data.keys[i]] for i in rows], [feats[BLANK]] * len(rows))["rewards"]
-                        out[j, rows] = r.double().numpy()
+                        r = m(to_device(data.batch(rows), dev), to_device([feats[data.keys[i]] for i in rows], dev),
+                              to_device([feats[BLANK]] * len(rows), dev))["rewards"]
+                        out[j, rows] = r.double().cpu().numpy()
         return out
 
     def __call__(self, items: Sequence[dict]) -> np.ndarray:
@@ -154,7 +160,7 @@ def naive_scores(rm: RewardModel, items: Sequence[dict], processor=None, image_r
         b, im = inputs(img, it["question"], it["answer"])
         piece = image_features(rm.vlm, [im])
         bl = piece if rm.sees_image() else image_features(rm.vlm, [inputs(blank, it["question"], it["answer"])[1]])
-        out.append(rm(b, piece, bl)["rewards"].double().item())
+        with autocast(rm.cfg.compute_dtype, model_device(rm)): out.append(rm(to_device(b, model_device(rm)), piece, bl)["rewards"].double().item())
     return np.array(out)
 
 # %% ../nbs/06c_score.ipynb #da4cad3f

@@ -139,3 +139,32 @@ def test_the_gpu_benchmark_without_a_gpu_says_so_and_writes_nothing():
     r = subprocess.run([sys.executable, "benchmarks/gpu_qlora.py"], capture_output=True, text=True, timeout=120, cwd=ROOT, env=_env())
     assert r.returncode == 0 and "no CUDA GPU" in r.stdout
     assert set((ROOT / "reports" / "bench").iterdir()) == before
+
+
+DDP = """
+import sys, json
+from accelerate import PartialState
+from dt2it_mrm.reward_model import RMConfig, train_reward_model
+base, data, out = sys.argv[1:]
+recs = [json.loads(l) for l in open(data)]
+cfg = RMConfig(lora_r=4, epochs=1, batch_size=8, lr=5e-3, warmup=1, seed=0, compute_dtype="bf16", eval_every=1)
+rm, rep = train_reward_model(recs[:16], base, cfg, evals={"dev": recs[16:24]}, out_dir=out, progress=False)
+st = PartialState()
+assert rep["processes"] == st.num_processes == 2 and st.distributed_type.value == "MULTI_CPU" and type(rm).__name__ == "RewardModel"
+json.dump([h["acc_dev"] for h in rep["history"]], open(f"{out}.acc{st.process_index}.json", "w"))
+"""
+
+
+def test_two_processes_train_a_bf16_model_with_evaluations_through_the_wrapped_model_and_one_saves_it(base, world, tmp_path):
+    script = tmp_path / "ddp.py"; script.write_text(DDP); out = tmp_path / "rm"
+    # `accelerate launch --cpu --num_processes 2` starts ONE process (CPU multi-process needs mpirun there); torchrun starts two,
+    # and accelerate inside them sees a 2-process MULTI_CPU (gloo) run, which wraps the model in DDP
+    launch = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script), str(base),
+              str(world / "train_oracle.jsonl"), str(out)]
+    r = subprocess.run(launch, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**_env(), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a0, a1 = (json.loads(Path(f"{out}.acc{i}.json").read_text()) for i in (0, 1))
+    assert a0 == a1 and len(a0) == 2 and all(0 <= a <= 1 for a in a0)  # every process evaluates the same (synchronised) model
+    meta = json.loads((out / "reward_model.json").read_text())
+    assert meta["config"]["compute_dtype"] == "bf16" and meta["train"]["processes"] == 2
+    assert load_reward_model(out).cfg.compute_dtype == "bf16"

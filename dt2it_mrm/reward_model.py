@@ -350,6 +350,9 @@ def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
     if acc.gradient_accumulation_steps != cfg.grad_accum:
         raise ValueError(f"the accelerator accumulates {acc.gradient_accumulation_steps} micro-batches, the config's grad_accum is {cfg.grad_accum}; "
                          "set them alike (accelerate launch's --gradient_accumulation_steps or the DeepSpeed config's)")
+    if cfg.compute_dtype != "float32" and acc.mixed_precision != MIXED_PRECISION[cfg.compute_dtype]:
+        raise ValueError(f"compute_dtype {cfg.compute_dtype} needs the accelerator's mixed_precision {MIXED_PRECISION[cfg.compute_dtype]!r}, "
+                         f"it has {acc.mixed_precision!r} (pass none and fit makes one, or set it alike)")
     full_params = _check_strategy(acc, cfg, per)
     steps = max(1, int(cfg.epochs * data.n / cfg.batch_size))
     lens = data.lengths(); pair_len = [max(lens[i], lens[data.n + i]) for i in range(data.n)]
@@ -377,6 +380,7 @@ def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
                     if cfg.max_grad_norm: acc.clip_grad_norm_(params, cfg.max_grad_norm)
                     opt.step(); sched.step(); opt.zero_grad()
         bar.update(); bar.set_postfix(loss=f"{total:.3f}", refresh=False)
+        if dev.type == "cuda": torch.cuda.synchronize(dev)  # the step's wall time includes its optimizer kernels
         row = {"step": step, "loss": total, "lr": sched.get_last_lr()[0], "s": time.perf_counter() - t0}
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
             row |= {f"acc_{n}": pair_accuracy(model, d, eval_feats[n]) for n, d in (evals or {}).items()}
@@ -409,7 +413,7 @@ def model_fingerprint(rm: "RewardModel") -> str:
 
 def head_state(rm: RewardModel) -> dict[str, torch.Tensor]:
     "The non-VLM trainable weights (value/fusion heads, projections)."
-    return {n: p.detach().contiguous() for n, p in rm.named_parameters() if not n.startswith("vlm.")}
+    return {n: p.detach().cpu().contiguous() for n, p in rm.named_parameters() if not n.startswith("vlm.")}
 
 def save_reward_model(rm: RewardModel, path: str | Path, extra: dict | None = None) -> Path:
     "Write the adapter, the heads and the metadata of `rm` to folder `path`."

@@ -168,3 +168,15 @@ def test_two_processes_train_a_bf16_model_with_evaluations_through_the_wrapped_m
     meta = json.loads((out / "reward_model.json").read_text())
     assert meta["config"]["compute_dtype"] == "bf16" and meta["train"]["processes"] == 2
     assert load_reward_model(out).cfg.compute_dtype == "bf16"
+
+
+def test_fit_refuses_an_accelerator_whose_precision_or_accumulation_contradicts_the_config(base, pairs):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    data = PairData(load_processor(base), pairs[:4])
+    AcceleratorState._reset_state()
+    acc = Accelerator(cpu=True, gradient_accumulation_steps=1)
+    cfg = RMConfig(**SMALL, compute_dtype="bf16")
+    with pytest.raises(ValueError, match="mixed_precision 'bf16'"): fit(build_reward_model(base, cfg), data, cfg, accelerator=acc, progress=False)
+    cfg = RMConfig(**{**SMALL, "grad_accum": 2})
+    with pytest.raises(ValueError, match="grad_accum is 2"): fit(build_reward_model(base, cfg), data, cfg, accelerator=acc, progress=False)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06b_reward_model.ipynb #6c172e10
 from __future__ import annotations
-import hashlib, math, random, time
+import contextlib, hashlib, math, random, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -18,17 +18,17 @@ from tqdm.auto import tqdm
 from .config import Bool, Check, Int, Num, OneOf, Opt, Str, check_fields, check_settings
 from .core import read_json, seed_everything, stable_hash, write_json
 from .data import load_image
-from .vlm import (IMAGE_ONLY_KEYS, blank_image, cat_pieces, collate, encode_image, encode_images, encode_texts, image_features, last_index,
-                  load_base, load_processor, piece_bytes, with_features)
+from .vlm import (ATTN_IMPLS, IMAGE_ONLY_KEYS, autocast, blank_image, cat_pieces, collate, default_device, encode_image, encode_images,
+                  encode_texts, image_features, last_index, load_base, load_processor, model_device, piece_bytes, to_device, with_features)
 
 # %% auto #0
-__all__ = ['FUSIONS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'BLANK', 'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES',
-           'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image', 'item_images', 'images_field', 'ItemData',
-           'pair_items', 'PairData', 'CrossHead', 'RewardModel', 'info_nce', 'lora_config', 'text_hidden',
-           'build_reward_model', 'trainable', 'lr_lambda', 'pair_order', 'FeatureCache', 'features_by_key',
-           'blank_tensors', 'rewards', 'pair_accuracy', 'pair_loss', 'fit', 'base_fingerprint', 'model_fingerprint',
-           'head_state', 'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble',
-           'member_paths', 'members_saw']
+__all__ = ['FUSIONS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'MIXED_PRECISION', 'BLANK', 'HEADS_FILE', 'META_FILE',
+           'PROCESSOR_FILES', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image', 'item_images', 'images_field',
+           'ItemData', 'pair_items', 'PairData', 'CrossHead', 'RewardModel', 'info_nce', 'lora_config', 'text_hidden',
+           'place_heads', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order', 'FeatureCache',
+           'features_by_key', 'blank_tensors', 'rewards', 'pair_accuracy', 'pair_loss', 'default_accelerator', 'fit',
+           'base_fingerprint', 'model_fingerprint', 'head_state', 'save_reward_model', 'load_reward_model',
+           'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths', 'members_saw']
 
 # %% ../nbs/06b_reward_model.ipynb #b9224678
 def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
@@ -67,6 +67,8 @@ class RMConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     grad_ckpt: bool = False     # gradient checkpointing in the language model
+    compute_dtype: str = "float32" # float32, bf16 or fp16: the base's unquantised weights, the 4-bit compute and accelerate's mixed precision (LoRA and heads stay float32)
+    attn_implementation: str | None = None # eager, sdpa or flash_attention_2 (CUDA + flash-attn); None: transformers' default
     group_by_length: bool = True # batch pairs of similar token length together (less padding, same pairs per epoch)
     eval_every: int = 0         # optimizer steps between evaluations (0: only at the end)
     blank_image: bool = False   # train (and score) on the blanked image: a text-only reward model
@@ -94,9 +96,11 @@ RM_SCHEMA = {"quant": OneOf("4bit", "8bit", "none"), "lora_r": Int(1), "lora_alp
              "warmup": Int(0), "weight_decay": Num(0), "max_grad_norm": Num(0, lo_open=True), "grad_ckpt": Bool(),
              "group_by_length": Bool(), "eval_every": Int(0), "blank_image": Bool(), "blank_size": Int(28),
              "min_pixels": Opt(Int(1)), "max_pixels": Opt(Int(1)), "max_length": Opt(Int(1)), "image_cache_mb": Num(0),
-             "feature_cache_mb": Num(0), "seed": Int()}
+             "feature_cache_mb": Num(0), "seed": Int(),
+             "compute_dtype": OneOf("float32", "bf16", "fp16"), "attn_implementation": OneOf(*ATTN_IMPLS, null=True)}
 
 SCORE_NEUTRAL = ("image_cache_mb", "feature_cache_mb") # settings that never change a score (left out of `model_fingerprint`)
+MIXED_PRECISION = {"float32": "no", "bf16": "bf16", "fp16": "fp16"}  # accelerate's mixed_precision per compute dtype
 
 # %% ../nbs/06b_reward_model.ipynb #44e60300
 BLANK = "<blank>"  # image key of the blanked view
@@ -198,7 +202,7 @@ class CrossHead(nn.Module):
     def forward(self, h, mask, img):
         z, _ = self.attn(self.ln_t(h), self.ln_i(img), self.ln_i(img), need_weights=False)
         u = h + z; m = mask.unsqueeze(-1).to(u.dtype)
-        last = u[torch.arange(len(u)), last_index(mask)]
+        last = u[torch.arange(len(u), device=u.device), last_index(mask)]
         return self.mlp(torch.cat([last, (u * m).sum(1) / m.sum(1)], -1)).squeeze(-1)
 
 def _mlp(d_in: int, hidden: int) -> nn.Module: return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, 1))
@@ -242,7 +246,7 @@ class RewardModel(nn.Module):
         view = pieces if self.sees_image() else self.blank_view(batch, blank)
         h = self.backbone()(**with_features(batch, view), use_cache=False).last_hidden_state
         mask = batch["attention_mask"]
-        last = h[torch.arange(len(h)), last_index(mask)]
+        last = h[torch.arange(len(h), device=h.device), last_index(mask)]
         img_tokens = [p["pooler_output"] for p in pieces]
         if self.cfg.fusion == "early": return {"rewards": self.head(last).squeeze(-1)}
         if self.cfg.fusion == "contrastive":
@@ -256,7 +260,7 @@ class RewardModel(nn.Module):
 def info_nce(text: torch.Tensor, image: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     "Symmetric InfoNCE between row-aligned text and image embeddings."
     logits = F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T / temperature
-    y = torch.arange(len(text))
+    y = torch.arange(len(text), device=text.device)
     return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
 
 # %% ../nbs/06b_reward_model.ipynb #b6d3a726
@@ -270,13 +274,22 @@ def text_hidden(config) -> int:
     "The language model's hidden size of a VLM config."
     return (config.text_config if hasattr(config, "text_config") else config).hidden_size
 
+def place_heads(rm: RewardModel, device) -> RewardModel:
+    "`rm` with every module but the VLM (heads, projections) on `device` (None or CPU: left where it is)."
+    if device is not None and torch.device(device).type != "cpu":
+        for name, mod in rm.named_children():
+            if name != "vlm": mod.to(device)
+    return rm
+
 def build_reward_model(base: str | Path,   # checkpoint folder of the base VLM
                        cfg: RMConfig = RMConfig(),
+                       device=None,         # where the model goes; None: this process's GPU if any (`default_device`), else the CPU
                       ) -> RewardModel:
-    "The base loaded per `cfg.quant`, with fresh LoRA adapters and head (seeded by `cfg.seed`)."
+    "The base loaded per `cfg.quant`, `cfg.compute_dtype` and `cfg.attn_implementation`, with fresh LoRA adapters and head (seeded by `cfg.seed`)."
     from peft import get_peft_model
     import warnings
-    vlm = load_base(base, cfg.quant)
+    dev = default_device() if device is None else torch.device(device)
+    vlm = load_base(base, cfg.quant, cfg.compute_dtype, cfg.attn_implementation, dev)
     if cfg.grad_ckpt:
         if hasattr(vlm, "activation_checkpointing_enable"): vlm.activation_checkpointing_enable({"use_reentrant": False})
         else: vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -285,7 +298,7 @@ def build_reward_model(base: str | Path,   # checkpoint folder of the base VLM
         warnings.simplefilter("ignore", FutureWarning)  # peft asks transformers a deprecated question
         rm = RewardModel(get_peft_model(vlm, lora_config(cfg)), cfg, text_hidden(vlm.config))
     rm.base_path = str(base)
-    return rm
+    return place_heads(rm, dev)
 
 def trainable(rm: nn.Module) -> dict[str, torch.Tensor]:
     "The trainable parameters by name (LoRA and heads)."
@@ -379,15 +392,22 @@ def blank_tensors(processor, size: int = 84) -> dict:
     "Image tensors of the blanked (grey) image."
     return encode_image(processor, blank_image(size))[0]
 
+def _rm_config(rm) -> RMConfig | None:
+    "The config of a reward model, also through a DDP/FSDP wrapper."
+    return getattr(rm, "cfg", None) or getattr(getattr(rm, "module", None), "cfg", None)
+
 @torch.no_grad()
 def rewards(rm: RewardModel, data: ItemData, feats: dict, rows: Sequence[int] | None = None, batch_size: int = 64) -> np.ndarray:
-    "Rewards of `rows` of `data` (all by default), in eval mode."
+    "Rewards of `rows` of `data` (all by default), in eval mode, computed on the model's device (float32 numpy on the CPU)."
     was = rm.training; rm.eval(); rows = list(range(len(data))) if rows is None else list(rows); out = []
-    for i in range(0, len(rows), batch_size):
-        idx = rows[i:i + batch_size]
-        out.append(rm(data.batch(idx), [feats[data.keys[j]] for j in idx], [feats[BLANK]] * len(idx))["rewards"].float())
+    dev = model_device(rm); cfg = _rm_config(rm)
+    with autocast(cfg.compute_dtype if cfg else "float32", dev):
+        for i in range(0, len(rows), batch_size):
+            idx = rows[i:i + batch_size]
+            out.append(rm(to_device(data.batch(idx), dev), to_device([feats[data.keys[j]] for j in idx], dev),
+                          to_device([feats[BLANK]] * len(idx), dev))["rewards"].float())
     rm.train(was)
-    return torch.cat(out).numpy() if out else np.zeros(0)
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0)
 
 def pair_accuracy(rm: RewardModel, data: PairData, feats: dict) -> float:
     "Share of pairs whose chosen answer scores strictly higher."
@@ -398,30 +418,60 @@ def pair_loss(rm, data: PairData, feats: dict,
               pairs: Sequence[int],   # pair indices of this (micro-)batch
               cfg: RMConfig,
               scale: float | None = None, # multiplies the summed pair losses; default 1/len(pairs) (the mean)
+              device=None,                # where the batch goes; default: the model's device
              ) -> torch.Tensor:
     "The weighted Bradley–Terry loss of `pairs` (plus the contrastive term for that fusion)."
     rows = data.pair_rows(pairs); k = len(pairs); scale = 1 / k if scale is None else scale
-    out = rm(data.batch(rows), [feats[data.keys[j]] for j in rows], [feats[BLANK]] * len(rows))
+    dev = model_device(rm) if device is None else device
+    out = rm(to_device(data.batch(rows), dev), to_device([feats[data.keys[j]] for j in rows], dev), to_device([feats[BLANK]] * len(rows), dev))
     r = out["rewards"]
-    loss = bt_loss(r[:k], r[k:], data.weight[pairs], cfg.margin, reduction="none").sum() * scale
+    loss = bt_loss(r[:k], r[k:], data.weight[pairs].to(r.device), cfg.margin, reduction="none").sum() * scale
     if cfg.fusion == "contrastive" and k > 1:
         loss = loss + cfg.contrastive_weight * info_nce(out["text_emb"][:k], out["image_emb"][:k], cfg.temperature)
     return loss
+
+def _check_strategy(acc, cfg: RMConfig, per: int):
+    "How to see the full weights of the prepared model under `acc`'s distributed strategy (a context factory); a clear error for one that cannot train here."
+    from accelerate.utils import DistributedType
+    kind = acc.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        ds = acc.state.deepspeed_plugin
+        if ds.zero_stage == 3: raise ValueError("DeepSpeed ZeRO-3 shards the frozen base, which the image features need whole; use ZeRO-2, FSDP or DDP")
+        for k, v in {"train_micro_batch_size_per_gpu": per, "gradient_clipping": cfg.max_grad_norm}.items():
+            if ds.deepspeed_config.get(k, "auto") == "auto": ds.deepspeed_config[k] = v
+    if kind == DistributedType.FSDP:
+        if getattr(acc.state.fsdp_plugin, "fsdp_version", 1) != 1: raise ValueError("FSDP version 2 is not supported for the reward model; use fsdp_version: 1")
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        return lambda model: FSDP.summon_full_params(model, writeback=False)
+    return lambda model: contextlib.nullcontext()
+
+def default_accelerator(cfg: RMConfig):
+    "The accelerator `fit` makes when given none: `cfg.grad_accum`, the CPU without CUDA, and `cfg.compute_dtype`'s mixed precision (float32: accelerate's own setting, `no` unless `accelerate launch` says otherwise)."
+    import os
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    want = MIXED_PRECISION[cfg.compute_dtype] if cfg.compute_dtype != "float32" else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if AcceleratorState._shared_state.get("_mixed_precision", want) != want: AcceleratorState._reset_state()  # an earlier fit in this process used another precision
+    mp = {} if cfg.compute_dtype == "float32" else {"mixed_precision": want}
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(), **mp)
 
 def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
         evals: dict | None = None,   # name -> PairData, accuracy measured every `eval_every` steps and at the end
         accelerator=None,            # an `accelerate.Accelerator` (a fresh one by default)
         progress: bool = True,
        ) -> dict:
-    "Train the trainable parameters of `rm` with the weighted Bradley–Terry loss; returns the history."
-    from accelerate import Accelerator
-    acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    "Train the trainable parameters of `rm` with the weighted Bradley–Terry loss (on `accelerator`'s device and processes); returns the history."
+    acc = accelerator or default_accelerator(cfg)
     P, rank = acc.num_processes, acc.process_index
     if cfg.batch_size % (cfg.grad_accum * P): raise ValueError(f"batch_size {cfg.batch_size} must divide by grad_accum x processes = {cfg.grad_accum * P}")
     micro = cfg.batch_size // cfg.grad_accum; per = micro // P
-    blank = blank_tensors(data.processor, cfg.blank_size)
-    feats = features_by_key(rm, data, {BLANK: blank})
-    eval_feats = {name: features_by_key(rm, d, {BLANK: blank}) for name, d in (evals or {}).items()}
+    if acc.gradient_accumulation_steps != cfg.grad_accum:
+        raise ValueError(f"the accelerator accumulates {acc.gradient_accumulation_steps} micro-batches, the config's grad_accum is {cfg.grad_accum}; "
+                         "set them alike (accelerate launch's --gradient_accumulation_steps or the DeepSpeed config's)")
+    if cfg.compute_dtype != "float32" and acc.mixed_precision != MIXED_PRECISION[cfg.compute_dtype]:
+        raise ValueError(f"compute_dtype {cfg.compute_dtype} needs the accelerator's mixed_precision {MIXED_PRECISION[cfg.compute_dtype]!r}, "
+                         f"it has {acc.mixed_precision!r} (pass none and fit makes one, or set it alike)")
+    full_params = _check_strategy(acc, cfg, per)
     steps = max(1, int(cfg.epochs * data.n / cfg.batch_size))
     lens = data.lengths(); pair_len = [max(lens[i], lens[data.n + i]) for i in range(data.n)]
     plan = pair_order(data.n, cfg.batch_size, steps, cfg.seed, pair_len if cfg.group_by_length else None)
@@ -429,6 +479,12 @@ def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps))
     model, opt = acc.prepare(rm, opt)
+    dev = acc.device
+    blank = blank_tensors(data.processor, cfg.blank_size)
+    with full_params(model):  # image features from the prepared model, on its device
+        inner = acc.unwrap_model(model)
+        feats = features_by_key(inner, data, {BLANK: blank})
+        eval_feats = {name: features_by_key(inner, d, {BLANK: blank}) for name, d in (evals or {}).items()}
     model.train(); hist, t0 = [], time.perf_counter()
     bar = tqdm(total=steps, desc=f"train rm ({cfg.fusion})", disable=not progress or not acc.is_main_process, mininterval=10)
     for step, pairs in enumerate(plan, 1):
@@ -436,17 +492,18 @@ def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
         for a in range(cfg.grad_accum):
             mine = pairs[a * micro:(a + 1) * micro][rank * per:(rank + 1) * per]
             with acc.accumulate(model):
-                loss = pair_loss(model, data, feats, mine, cfg, scale=1 / per)
+                loss = pair_loss(model, data, feats, mine, cfg, scale=1 / per, device=dev)
                 acc.backward(loss); total += loss.item() / cfg.grad_accum
                 if acc.sync_gradients:
                     if cfg.max_grad_norm: acc.clip_grad_norm_(params, cfg.max_grad_norm)
                     opt.step(); sched.step(); opt.zero_grad()
         bar.update(); bar.set_postfix(loss=f"{total:.3f}", refresh=False)
+        if dev.type == "cuda": torch.cuda.synchronize(dev)  # the step's wall time includes its optimizer kernels
         row = {"step": step, "loss": total, "lr": sched.get_last_lr()[0], "s": time.perf_counter() - t0}
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
-            row |= {f"acc_{n}": pair_accuracy(rm, d, eval_feats[n]) for n, d in (evals or {}).items()}
+            row |= {f"acc_{n}": pair_accuracy(model, d, eval_feats[n]) for n, d in (evals or {}).items()}
         hist.append(row)
-    bar.close(); rm.eval()
+    bar.close(); rm.eval(); rm.full_weights = lambda: full_params(model)
     return {"history": hist, "steps": steps, "pairs": data.n, "wall_s": time.perf_counter() - t0, "processes": P}
 
 # %% ../nbs/06b_reward_model.ipynb #79331f8f
@@ -462,19 +519,19 @@ def base_fingerprint(base: str | Path) -> str:
     proc = [(n, hashlib.sha256((b / n).read_bytes()).hexdigest()) for n in PROCESSOR_FILES if (b / n).is_file()]
     return stable_hash((b / "config.json").read_text(encoding="utf-8"), files, proc)
 
+_NEW_SETTINGS = {"compute_dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None, "max_length": None}  # settings added after models were fingerprinted, with their defaults
+
 def model_fingerprint(rm: "RewardModel") -> str:
     "The identity of a reward model's scores: its base (`base_fingerprint`), its config, and the bytes of every adapter and head weight."
     h = hashlib.sha256()
     for n, t in sorted((n, p) for n, p in rm.named_parameters() if "lora_" in n or not n.startswith("vlm.")):
         h.update(n.encode()); h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    cfg = {k: v for k, v in asdict(rm.cfg).items() if k not in SCORE_NEUTRAL and not (k in _NEW_KEYS and v is None)}
+    cfg = {k: v for k, v in asdict(rm.cfg).items() if k not in SCORE_NEUTRAL and not (k in _NEW_SETTINGS and v == _NEW_SETTINGS[k])}
     return stable_hash(base_fingerprint(rm.base_path), cfg, h.hexdigest())
-
-_NEW_KEYS = ("min_pixels", "max_pixels", "max_length")  # left out of `model_fingerprint` when unset, so earlier models keep their identity
 
 def head_state(rm: RewardModel) -> dict[str, torch.Tensor]:
     "The non-VLM trainable weights (value/fusion heads, projections)."
-    return {n: p.detach().contiguous() for n, p in rm.named_parameters() if not n.startswith("vlm.")}
+    return {n: p.detach().cpu().contiguous() for n, p in rm.named_parameters() if not n.startswith("vlm.")}
 
 def save_reward_model(rm: RewardModel, path: str | Path, extra: dict | None = None) -> Path:
     "Write the adapter, the heads and the metadata of `rm` to folder `path`."
@@ -490,20 +547,25 @@ def load_reward_model(path: str | Path,     # a folder written by `save_reward_m
                       base: str | Path | None = None, # override the base path recorded in the folder
                       quant: str | None = None,       # override the quantisation it was trained with
                       strict: bool = True,  # refuse a base whose fingerprint differs from the recorded one
+                      compute_dtype: str | None = None, # override the compute dtype it was trained with (e.g. float32 to score on a CPU)
+                      attn_implementation: str | None = None, # override its attention implementation (e.g. sdpa where flash-attn is absent)
+                      device=None,          # where to score; None: this process's GPU if any, else the CPU
                      ) -> RewardModel:
-    "A saved reward model, on its base, ready to score."
+    "A saved reward model, on its base, with the precision and attention it was trained with (unless overridden), ready to score."
     from peft import PeftModel
     from safetensors.torch import load_file
     path = Path(path); meta = read_json(path / META_FILE)
     base = str(base or meta["base"])
     if strict and base_fingerprint(base) != meta["base_fingerprint"]:
         raise ValueError(f"{path}: base {base} is not the base this reward model was trained on (fingerprint differs)")
-    cfg = RMConfig.from_params(meta["config"], **({"quant": quant} if quant else {}))
+    over = {k: v for k, v in dict(quant=quant, compute_dtype=compute_dtype, attn_implementation=attn_implementation).items() if v is not None}
+    cfg = RMConfig.from_params(meta["config"], **over)
+    dev = default_device() if device is None else torch.device(device)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        vlm = PeftModel.from_pretrained(load_base(base, cfg.quant), str(path), is_trainable=False)
-    rm = RewardModel(vlm, cfg, meta["hidden"]); rm.base_path = base
+        vlm = PeftModel.from_pretrained(load_base(base, cfg.quant, cfg.compute_dtype, cfg.attn_implementation, dev), str(path), is_trainable=False)
+    rm = place_heads(RewardModel(vlm, cfg, meta["hidden"]), dev); rm.base_path = base
     missing, unexpected = rm.load_state_dict(load_file(str(path / HEADS_FILE)), strict=False)
     if unexpected or [k for k in missing if not k.startswith("vlm.")]: raise ValueError(f"{path}: heads do not match ({missing}, {unexpected})")
     for p in rm.parameters(): p.requires_grad_(False)
@@ -527,8 +589,10 @@ def train_reward_model(records: Sequence[dict],   # training pairs (PrefRecord d
     rep = fit(rm, data, cfg, ev, accelerator=accelerator, progress=progress)
     if cfg.max_length is not None: rep["skipped"] = {"train": data.skipped, **{n: d.skipped for n, d in ev.items()}}
     rep["total_wall_s"] = time.perf_counter() - t0
-    if out_dir is not None and (accelerator is None or accelerator.is_main_process):
-        save_reward_model(rm, out_dir, {"train": {k: v for k, v in rep.items() if k != "history"}})
+    from accelerate import PartialState
+    with rm.full_weights():  # every process enters (FSDP gathers its shards); the main one writes
+        if out_dir is not None and PartialState().is_main_process:
+            save_reward_model(rm, out_dir, {"train": {k: v for k, v in rep.items() if k != "history"}})
     return rm, rep
 
 ENSEMBLE_FILE = "ensemble.json"

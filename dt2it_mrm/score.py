@@ -19,7 +19,7 @@ from .core import jsonl_line, jsonl_lines, read_json, stable_hash, write_json
 from .data import load_image
 from .reward_model import (BLANK, FeatureCache, ItemData, RewardModel, blank_tensors, images_field, item_images, load_reward_model,
                            model_fingerprint, member_paths)
-from .vlm import blank_image, chat_text, image_features, load_processor, piece_bytes, split_images
+from .vlm import as_dtype, autocast, blank_image, chat_text, image_features, load_processor, model_device, piece_bytes, split_images, to_device
 
 # %% auto #0
 __all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'merged_lora_layers', 'swapped', 'item_key', 'RewardScorer',
@@ -44,13 +44,13 @@ def dense_weight(layer: nn.Module) -> torch.Tensor | None:
 def merged_lora_layers(rm: RewardModel) -> dict[str, MergedLinear]:
     "Every LoRA projection of `rm` that can be folded, as a `MergedLinear` by module name (the model is not changed)."
     from peft.tuners.lora import LoraLayer
-    out = {}
+    out = {}; dtype = as_dtype(rm.cfg.compute_dtype if hasattr(rm, "cfg") else "float32")  # autocast would cast a float32 weight each call
     with torch.no_grad():
         for name, mod in rm.named_modules():
             if not isinstance(mod, LoraLayer) or not mod.active_adapters or (w := dense_weight(mod.get_base_layer())) is None: continue
             for a in mod.active_adapters:
                 if a in mod.lora_A: w = w + (mod.lora_B[a].weight @ mod.lora_A[a].weight) * mod.scaling[a]
-            out[name] = MergedLinear(w, mod.get_base_layer().bias)
+            out[name] = MergedLinear(w.to(dtype), mod.get_base_layer().bias)
     return out
 
 @contextmanager
@@ -100,14 +100,20 @@ class RewardScorer:
         return self._fingerprint
 
     @classmethod
-    def load(cls, path: str | Path | Sequence[str | Path], **kw) -> "RewardScorer":
+    def load(cls, path: str | Path | Sequence[str | Path],
+             device=None,              # where to score; None: this process's GPU if any, else the CPU
+             compute_dtype: str | None = None, # override the members' recorded compute dtype
+             attn_implementation: str | None = None, # override the members' recorded attention implementation
+             **kw) -> "RewardScorer":
         "A scorer over the reward model(s) saved at `path` (a model folder, an ensemble folder, or a list of them)."
         paths = [path] if isinstance(path, (str, Path)) else list(path)
-        return cls([load_reward_model(p) for q in paths for p in member_paths(q)], **kw)
+        lk = dict(device=device, compute_dtype=compute_dtype, attn_implementation=attn_implementation)
+        return cls([load_reward_model(p, **lk) for q in paths for p in member_paths(q)], **kw)
 
     def _features(self, m: RewardModel, data: ItemData) -> FeatureCache:
         "The feature cache of `m`'s base holding (or computing per batch, beyond `feature_cache_mb`) the features of `data`'s images."
-        cache = self._feats.setdefault((m.base_path, m.cfg.quant), FeatureCache())
+        key = (m.base_path, m.cfg.quant, m.cfg.compute_dtype, m.cfg.attn_implementation, str(model_device(m)))
+        cache = self._feats.setdefault(key, FeatureCache())
         cache.budget, cache.pinned = m.cfg.feature_cache_mb * 2 ** 20, {BLANK}
         if not dict.__contains__(cache, BLANK):
             blank = image_features(m.vlm, [blank_tensors(self.processor, m.cfg.blank_size)])[0]
@@ -139,13 +145,14 @@ class RewardScorer:
             order = sorted(range(len(items)), key=lambda i: (lens[i], keys[i]))
             for j, m in enumerate(self.models):
                 if m.cfg.blank_image != blank: continue
-                feats = self._features(m, data); m.eval()
+                feats = self._features(m, data); m.eval(); dev = model_device(m)
                 if self.merge and j not in self._merged: self._merged[j] = merged_lora_layers(m)
-                with swapped(m, self._merged.get(j, {})):
+                with swapped(m, self._merged.get(j, {})), autocast(m.cfg.compute_dtype, dev):
                     for s in range(0, len(order), self.batch_size):
                         rows = order[s:s + self.batch_size]
-                        r = m(data.batch(rows), [feats[data.keys[i]] for i in rows], [feats[BLANK]] * len(rows))["rewards"]
-                        out[j, rows] = r.double().numpy()
+                        r = m(to_device(data.batch(rows), dev), to_device([feats[data.keys[i]] for i in rows], dev),
+                              to_device([feats[BLANK]] * len(rows), dev))["rewards"]
+                        out[j, rows] = r.double().cpu().numpy()
         return out
 
     def __call__(self, items: Sequence[dict]) -> np.ndarray:
@@ -173,7 +180,7 @@ def naive_scores(rm: RewardModel, items: Sequence[dict], processor=None, image_r
         b, ims = inputs([blank if k == BLANK else load_image(k, image_root) for k in keys], it["question"], it["answer"], it.get("system"))
         piece = image_features(rm.vlm, ims)
         bl = piece if rm.sees_image() else image_features(rm.vlm, inputs([blank] * len(keys), it["question"], it["answer"], it.get("system"))[1])
-        out.append(rm(b, piece, bl)["rewards"].double().item())
+        with autocast(rm.cfg.compute_dtype, model_device(rm)): out.append(rm(to_device(b, model_device(rm)), piece, bl)["rewards"].double().item())
     return np.array(out)
 
 # %% ../nbs/06c_score.ipynb #da4cad3f
@@ -284,11 +291,14 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--fmt", default="jsonl", choices=sorted(FORMATS), help="the input's format (default: jsonl)")
     ap.add_argument("--image-root", help="folder the input's image paths are relative to; no image outside it is read")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", help="where to score, e.g. cuda:1 or cpu (default: this process's GPU if any, else the CPU)")
+    ap.add_argument("--compute-dtype", choices=["float32", "bf16", "fp16"], help="override the model's recorded compute dtype")
+    ap.add_argument("--attn-implementation", choices=["eager", "sdpa", "flash_attention_2"], help="override the model's recorded attention implementation")
     ap.add_argument("--quarantine", action="store_true", help="skip bad input lines into INPUT.quarantine.jsonl instead of stopping at the first")
     a = ap.parse_args(argv)
     set_offline()
     recs, rep = read_records(a.input, a.fmt, image_root=a.image_root, on_error="quarantine" if a.quarantine else "raise")
     items = record_items(recs)
-    out = score_to_jsonl(items, a.output, RewardScorer.load(a.model, batch_size=a.batch_size, image_root=a.image_root))
+    out = score_to_jsonl(items, a.output, RewardScorer.load(a.model, a.device, a.compute_dtype, a.attn_implementation, batch_size=a.batch_size, image_root=a.image_root))
     print(json.dumps({"read": rep.read, "kept": rep.kept, "quarantined": rep.quarantined, **{k: out[k] for k in ("items", "scored", "skipped")},
                       "output": str(a.output)}))

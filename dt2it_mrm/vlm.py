@@ -21,13 +21,15 @@ from .data import load_image
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'Qwen2VLImageProcessorOnly', 'Qwen2_5_VLImageProcessorOnly', 'Qwen3VLImageProcessorOnly',
            'QWEN_PLACEHOLDER', 'FAMILIES', 'TEXT_KEYS', 'PAD_VALUES', 'BLANK_GREY', 'IMAGE_MARK', 'IMAGE_ONLY_KEYS',
-           'QUANTS', 'chat_template', 'world_texts', 'train_tokenizer', 'Family', 'family_of', 'tiny_config',
-           'make_processor', 'set_resolution', 'load_processor', 'blank_image', 'user_content', 'messages', 'chat_text',
-           'split_images', 'qwen_pixels', 'encode_images', 'encode_image', 'encode_texts', 'encode_text', 'encode',
-           'collate', 'last_index', 'image_features', 'cat_pieces', 'piece_bytes', 'encoder_outputs', 'with_features',
-           'dequantize_4bit_portable', 'portable_cpu_4bit', 'quantization_config', 'fix_cpu_4bit', 'quantized_modules',
-           'load_base', 'PretrainConfig', 'vision_param_names', 'lr_factors', 'lm_examples', 'lm_loss', 'seeing_gap',
-           'split_by_image', 'pretrain', 'vision_position_embedding', 'build_base', 'save_base']
+           'QUANTS', 'DTYPES', 'ATTN_IMPLS', 'chat_template', 'world_texts', 'train_tokenizer', 'Family', 'family_of',
+           'tiny_config', 'make_processor', 'set_resolution', 'load_processor', 'blank_image', 'user_content',
+           'messages', 'chat_text', 'split_images', 'qwen_pixels', 'encode_images', 'encode_image', 'encode_texts',
+           'encode_text', 'encode', 'collate', 'last_index', 'to_device', 'model_device', 'image_features',
+           'cat_pieces', 'piece_bytes', 'encoder_outputs', 'with_features', 'dequantize_4bit_portable',
+           'portable_cpu_4bit', 'as_dtype', 'default_device', 'autocast', 'quantization_config', 'fix_cpu_4bit',
+           'quantized_modules', 'check_attn_implementation', 'load_base', 'PretrainConfig', 'vision_param_names',
+           'lr_factors', 'lm_examples', 'lm_loss', 'seeing_gap', 'split_by_image', 'pretrain',
+           'vision_position_embedding', 'build_base', 'save_base']
 
 # %% ../nbs/06a_vlm.ipynb #8da33b78
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -345,17 +347,30 @@ def _splits(out, n: int) -> list[dict]:
 
 IMAGE_ONLY_KEYS = ("pixel_values", "image_sizes")  # image tensors the model no longer needs once features are given
 
+def to_device(x, device):
+    "`x` with every tensor in it (nested in dicts, lists and tuples) on `device`; the same objects where they are already there."
+    if device is None: return x
+    if isinstance(x, torch.Tensor): return x.to(device)
+    if isinstance(x, dict): return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return type(x)(to_device(v, device) for v in x)
+    return x
+
+def model_device(model) -> torch.device:
+    "The device of `model`'s first parameter (CPU for a model without parameters)."
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
 @torch.no_grad()
 def image_features(model,                  # a VLM (or a PEFT wrapper of one)
                    images: Sequence[dict], # image tensors of each image (from `encode`)
                    chunk: int = 64,        # images per vision-tower call
                   ) -> list[dict]:
-    "The vision side's output for each image, split per image."
+    "The vision side's output for each image, split per image (computed on the model's device)."
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = []
+    out, dev = [], model_device(base)
     for i in range(0, len(images), chunk):
         part = images[i:i + chunk]
-        kw = {k: torch.cat([im[k] for im in part]) for k in part[0] if k not in ("image_sizes",)}
+        kw = to_device({k: torch.cat([im[k] for im in part]) for k in part[0] if k not in ("image_sizes",)}, dev)
         out += _splits(base.model.get_image_features(**kw, return_dict=True), len(part))
     return out
 
@@ -415,14 +430,36 @@ def portable_cpu_4bit() -> bool:
 
 # %% ../nbs/06a_vlm.ipynb #780b6e7f
 QUANTS = ("4bit", "8bit", "none")
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # compute dtypes by their settings name
+ATTN_IMPLS = ("eager", "sdpa", "flash_attention_2")  # attention implementations a base may be loaded with (None: transformers' default)
+
+def as_dtype(dtype) -> torch.dtype:
+    "A torch dtype from a dtype or one of the names of DTYPES."
+    if isinstance(dtype, torch.dtype): return dtype
+    if dtype not in DTYPES: raise ValueError(f"compute dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+def default_device() -> torch.device | None:
+    "This process's GPU (`cuda:$LOCAL_RANK`, as `accelerate launch` numbers them) when CUDA is present, else None (stay on the CPU)."
+    import os
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else None
+
+def autocast(dtype, # a torch dtype or a name in DTYPES
+             device, # the device the model runs on
+            ):
+    "`torch.autocast` to `dtype` on `device`'s kind for a half-precision compute dtype; a null context for float32."
+    import contextlib
+    dtype = as_dtype(dtype)
+    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(torch.device(device).type, dtype=dtype)
 
 def quantization_config(quant: str, # one of QUANTS
                         family: Family,
-                        compute_dtype=torch.float32):
+                        compute_dtype=torch.float32): # a torch dtype or a name in DTYPES
     "The bitsandbytes config for `quant`, keeping the vision side and the output head unquantised (None for `none`)."
     from transformers import BitsAndBytesConfig
     if quant not in QUANTS: raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
     if quant == "none": return None
+    compute_dtype = as_dtype(compute_dtype)
     skip = [*family.vision, "lm_head"]
     if quant == "8bit": return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
@@ -441,15 +478,37 @@ def quantized_modules(model) -> list[str]:
     import bitsandbytes as bnb
     return [n for n, m in model.named_modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
 
+def check_attn_implementation(attn: str | None) -> str | None:
+    "`attn` if it is None or one of ATTN_IMPLS usable in this environment, else a clear error."
+    if attn is None: return None
+    if attn not in ATTN_IMPLS: raise ValueError(f"attn_implementation must be null or one of {ATTN_IMPLS}, got {attn!r}")
+    if attn == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+        if not torch.cuda.is_available() or not is_flash_attn_2_available():
+            raise ValueError("attn_implementation 'flash_attention_2' needs a CUDA GPU and the flash-attn package; "
+                             "use 'sdpa' (or null) here")
+    return attn
+
 def load_base(path: str | Path,      # a checkpoint folder of a supported family
               quant: str = "4bit",   # one of QUANTS
-              dtype=torch.float32,   # dtype of unquantised weights and of 4-bit compute
+              dtype=torch.float32,   # dtype of unquantised weights and of 4-bit compute (a torch dtype or a name in DTYPES)
+              attn_implementation: str | None = None, # one of ATTN_IMPLS; None: transformers' default
+              device=None,           # where to put the model (quantised: loaded there); None: stay on the CPU
              ):
     "A supported VLM from `path`, frozen, optionally quantised, with the CPU 4-bit fix applied."
     import logging
-    f = family_of(path)
+    f = family_of(path); dtype = as_dtype(dtype)
     for name in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel"): logging.getLogger(name).setLevel(logging.ERROR)
-    m = f.model_cls.from_pretrained(str(path), dtype=dtype, quantization_config=quantization_config(quant, f, dtype))
+    kw = {}
+    if check_attn_implementation(attn_implementation): kw["attn_implementation"] = attn_implementation
+    on_gpu = device is not None and torch.device(device).type != "cpu"
+    if dtype == torch.float16 and not on_gpu: raise ValueError(f"{path}: compute dtype fp16 needs a GPU (no CPU mixed precision for it); use bf16 or float32 on the CPU")
+    if on_gpu and quant != "none": kw["device_map"] = {"": torch.device(device)}  # bitsandbytes quantises on the device itself
+    try: m = f.model_cls.from_pretrained(str(path), dtype=dtype, quantization_config=quantization_config(quant, f, dtype), **kw)
+    except (ValueError, ImportError) as e:
+        if "attn_implementation" not in kw: raise
+        raise ValueError(f"{path}: attn_implementation {attn_implementation!r} is not supported for this model here: {e}") from e
+    if on_gpu and quant == "none": m.to(device)
     fix_cpu_4bit(m)
     for p in m.parameters(): p.requires_grad_(False)
     return m.eval()

@@ -1,6 +1,6 @@
 """A stand-in for an MLLM judge on loopback: an OpenAI-compatible `/v1/chat/completions` server that looks at the images.
 
-    python examples/byod/fake_judge.py --port 8000
+    .venv/bin/python examples/byod/fake_judge.py --port 8000
 
 It reads the example's images (the data URLs the project's HTTP judge sends), finds the shape's colour and form, and prefers the
 answer that names them; when it cannot tell the answers apart it says "1", like a judge with a position bias. It is for the

@@ -1,6 +1,6 @@
 """Bring your own data: a tiny dataset and checkpoint laid out as a user's would be, and the params that run the study on them.
 
-    python examples/byod/make_example.py --out userdata --judge-url http://127.0.0.1:8000/v1
+    .venv/bin/python examples/byod/make_example.py --out userdata --judge-url http://127.0.0.1:8000/v1
 
 writes, under `--out`:
 - `images/`: real JPEG and PNG files (RGB, RGBA, greyscale) of several sizes;

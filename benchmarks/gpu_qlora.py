@@ -13,7 +13,7 @@ Without CUDA it prints that and exits 0 without writing anything, unless `--smok
 runs the same code path in seconds and writes to `--out` (default: a fresh temporary folder), never to reports/.
 
     .venv/bin/python benchmarks/gpu_qlora.py [--steps 40 --warmup 8 --batch-size 8 --grad-ckpt]
-    .venv/bin/python benchmarks/gpu_qlora.py --smoke --out /tmp/bench
+    .venv/bin/python benchmarks/gpu_qlora.py --smoke --out reports/bench/smoke
 """
 import argparse, json, os, random, subprocess, sys, tempfile, time
 from pathlib import Path

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from dt2it_mrm.core import atomic_write, load_params, write_json  # noqa: E402
 from dt2it_mrm.report import fmt_ci  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from rm_fixtures import fresh_copy  # noqa: E402  (the copy the pipeline tests run in)
 
 
 def _annotators(params: dict, replace: dict) -> list[dict]:
@@ -39,16 +41,6 @@ SETTINGS = {  # name -> (what it changes, function(world knobs dict, full params
 ARMS = ("baseline", "debiased", "iter1", "iter2", "iter3")
 
 
-def fresh_copy(dest: Path) -> Path:
-    "The tracked (and untracked, not ignored) files of this checkout outside data/ and reports/, as a new git repo."
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file() and not f.startswith(("data/", "reports/")):
-            (dest / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(ROOT / f, dest / f)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    return dest
-
-
 def setting_params(name: str, worlds: list[int]) -> dict:
     "The study's params with setting `name` applied, its own worlds, the pre-trained base of this checkout and the comparison's arms."
     p = copy.deepcopy(load_params(ROOT / "params.yaml"))
@@ -61,7 +53,7 @@ def setting_params(name: str, worlds: list[int]) -> dict:
 
 def run_setting(name: str, worlds: list[int], work: Path, timeout: int) -> dict:
     "Run the comparison for one setting; its claims and arm summary from the copy's study.json."
-    d = fresh_copy(work / name)
+    d = fresh_copy(ROOT, work / name)
     (d / "params.yaml").write_text(yaml.safe_dump(setting_params(name, worlds), sort_keys=False))
     t0 = time.perf_counter()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}

@@ -8,15 +8,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .bias import as_dicts
-from .config import Bool, Int, Num, OneOf, Opt, Share, check_settings
+from .bias import as_dicts, prompt_folds
+from .config import Bool, Check, Int, Num, OneOf, Opt, Share, Str, check_settings
 from .core import rng
 from .data import swap_sides
-from .resample import compute_weights, relabel, weight_report, with_weights
+from .loop import augment_pairs, fit_calibration, nuisance_features, other_image_negatives
+from .resample import PROPENSITY_SCHEMA, compute_weights, propensity_weights, relabel, weight_report, with_weights
 
 # %% auto #0
-__all__ = ['LABEL_MODES', 'VOTE_MODES', 'JUDGE_ORDERS', 'LABEL_SCHEMA', 'judge_queue', 'construct_labels', 'label_shortcut',
-           'construct_weights']
+__all__ = ['LABEL_MODES', 'VOTE_MODES', 'JUDGE_ORDERS', 'LABEL_SCHEMA', 'POE_MODELS', 'DEBIAS_SCHEMA', 'judge_queue',
+           'construct_labels', 'label_shortcut', 'construct_weights', 'nuisance_margins', 'debias']
 
 # %% ../nbs/05b_construct.ipynb #02a70443
 LABEL_MODES = ("majority", "ds", "ds_judge", "recorded", "judge")
@@ -141,3 +142,67 @@ def construct_weights(records: Sequence, confidence: Sequence[float], text_margi
         k = int(np.isnan(conf).sum())  # pairs without votes: annotator weight 1
         rep["annotator"] = {"pairs": len(recs), "without_posterior": k, "switched_off": bool(len(recs)) and k == len(recs)}
     return with_weights(recs, w), rep
+
+
+# %% ../nbs/05b_construct.ipynb #d09d9b5c
+def nuisance_margins(records: Sequence,
+                     phrases: Sequence[str] = (), # tell phrases (besides length)
+                     folds: int = 5, seed: int = 0,
+                     ridge: float = 1e-3,
+                    ) -> np.ndarray:
+    "Cross-fitted margins of a Bradley–Terry model on the nuisances alone (length sign, length difference, tell sides), fitted to the current labels."
+    recs = as_dicts(records); X = nuisance_features(recs, phrases); out = np.zeros(len(recs))
+    if len(recs) < 2 * folds: return X @ fit_calibration(X, ridge) if len(recs) else out
+    fold = prompt_folds(recs, folds, seed)
+    for k in range(folds):
+        out[fold == k] = X[fold == k] @ fit_calibration(X[fold != k], ridge)
+    return out
+
+# %% ../nbs/05b_construct.ipynb #fd3599aa
+POE_MODELS = ("nuisance", "text")
+DEBIAS_SCHEMA = {"weighting": OneOf("propensity", "strategies", "none"), "propensity": Check("dict"), "soft_labels": Bool(),
+                 "poe": Opt(OneOf(*POE_MODELS)), "poe_scale": Num(0), "counterfactual": Check("list", item=OneOf("other_image")),
+                 "phrases": Check("list", item=Str())}
+
+def debias(records: Sequence,            # labelled pairs (`meta.label_confidence`: P(label right))
+           text_margin: dict,            # id -> the text-only model's out-of-fold margin on the raw label (`poe: text`, `strategies: shortcut`)
+           weighting: str = "propensity", # propensity (one stabilised weight) | strategies (the product of `strategies`) | none
+           propensity: dict | None = None, # `resample.propensity_weights` settings
+           strategies: dict | None = None, clip: dict | None = None, # for `weighting: strategies`
+           soft_labels: bool = False,    # write `meta.soft_label` (P(chosen better), what the loss targets)
+           poe: str | None = None,       # product of experts with a frozen nuisance model: nuisance | text | None
+           poe_scale: float = 1.0,       # multiplies the nuisance model's margin
+           counterfactual: Sequence[str] = (), # augmentations of every pair: other_image
+           phrases: Sequence[str] = (),  # tell phrases (propensity cells and the nuisance model)
+           seed: int = 0,
+          ) -> tuple[list[dict], dict]:
+    "The training set: counterfactual pairs added, then weights, soft labels and the product-of-experts margin; and a report."
+    check_settings(dict(weighting=weighting, propensity=propensity or {}, soft_labels=soft_labels, poe=poe, poe_scale=poe_scale,
+                        counterfactual=list(counterfactual), phrases=list(phrases)), DEBIAS_SCHEMA, "construct")
+    recs = [dict(r, meta=dict(r.get("meta") or {})) for r in as_dicts(records)]
+    rep = {"n_labelled": len(recs)}
+    if counterfactual:
+        augs = {"other_image": other_image_negatives(recs)}
+        new, counts = augment_pairs(recs, {k: augs[k] for k in counterfactual}, seed, {r["id"] for r in recs})
+        by_id = {r["id"]: r for r in recs}
+        for a in new:  # the negative answers another image: the pair is as likely right as its parent's label
+            a["meta"]["label_confidence"] = by_id[a["id"].rsplit("~", 1)[0]]["meta"].get("label_confidence", 1.0)
+        recs += new; rep["counterfactual"] = counts | {"added": len(new)}
+    conf = np.array([r["meta"].get("label_confidence", np.nan) for r in recs], float)
+    soft = np.where(np.isnan(conf), 1.0, conf)
+    if weighting == "propensity":
+        w, soft, rep["propensity"] = propensity_weights(recs, conf, **({"phrases": list(phrases)} | check_settings(propensity or {}, PROPENSITY_SCHEMA, "construct.propensity")))
+    elif weighting == "strategies":
+        m = np.array([text_margin.get(r["id"], 0.0) * (-1 if r["meta"].get("relabelled") else 1) for r in recs])
+        w = compute_weights(recs, strategies, shortcut=1 / (1 + np.exp(-m)), posterior=conf, clip=clip)
+    else: w = np.ones(len(recs))
+    for r, x, p in zip(recs, w, soft):
+        r["weight"] = float(x)
+        if soft_labels: r["meta"]["soft_label"] = float(p)
+    if poe == "nuisance": nm = nuisance_margins(recs, phrases, seed=seed)
+    elif poe == "text": nm = np.array([text_margin.get(r["id"], 0.0) * (-1 if r["meta"].get("relabelled") else 1) for r in recs])  # 0 for new pairs
+    if poe:
+        for r, x in zip(recs, nm): r["meta"]["nuisance_margin"] = float(poe_scale * x)
+        rep["nuisance_margin"] = {"mean_abs": float(np.abs(poe_scale * nm).mean()), "agrees_with_label": float((nm > 0).mean())}
+    rep["weights"] = weight_report(w, recs)
+    return recs, rep

@@ -15,12 +15,12 @@ from PIL import Image, ImageOps
 from .core import stable_hash, to_jsonable, write_jsonl
 
 # %% auto #0
-__all__ = ['FIELD_TYPES', 'SIDE_META', 'SIDE_TAGS', 'PLACEHOLDER', 'MAX_PIXELS', 'LF_TAGS', 'FORMATS', 'FieldError',
-           'check_field', 'PrefRecord', 'ListRecord', 'list_to_pairs', 'swap_sides', 'validate_pair', 'validate_list',
-           'ImageError', 'ImageInfo', 'resolve_image', 'check_image', 'ImageChecker', 'to_rgb', 'load_image', 'Format',
-           'lf_style', 'lf_parse', 'lf_dump', 'text_parts', 'trl_parse', 'trl_dump', 'dt2it_parse', 'dt2it_dump',
-           'write_records', 'PreferenceDataError', 'ReadReport', 'json_rows', 'parse_json_line', 'read_records',
-           'read_preferences', 'trl_features', 'to_trl_dataset', 'from_trl_dataset']
+__all__ = ['FIELD_TYPES', 'SIDE_META', 'SIDE_TAGS', 'PROB_META', 'SIGNED_META', 'PLACEHOLDER', 'MAX_PIXELS', 'LF_TAGS', 'FORMATS',
+           'FieldError', 'check_field', 'PrefRecord', 'ListRecord', 'list_to_pairs', 'swap_sides', 'validate_pair',
+           'validate_list', 'ImageError', 'ImageInfo', 'resolve_image', 'check_image', 'ImageChecker', 'to_rgb',
+           'load_image', 'Format', 'lf_style', 'lf_parse', 'lf_dump', 'text_parts', 'trl_parse', 'trl_dump',
+           'dt2it_parse', 'dt2it_dump', 'write_records', 'PreferenceDataError', 'ReadReport', 'json_rows',
+           'parse_json_line', 'read_records', 'read_preferences', 'trl_features', 'to_trl_dataset', 'from_trl_dataset']
 
 # %% ../nbs/01_data.ipynb #7f8545c8
 class FieldError(ValueError):
@@ -132,6 +132,8 @@ def list_to_pairs(lr: ListRecord) -> list[PrefRecord]:
 # %% ../nbs/01_data.ipynb #9a6e4558
 SIDE_META = ["errors", "styles", "claims"]  # meta lists holding [chosen's, rejected's]; extend for a new data source
 SIDE_TAGS = ["tell"]                        # meta values naming a side ("chosen" or "rejected")
+PROB_META = ["label_confidence", "soft_label"]  # meta probabilities that `chosen` is the better answer
+SIGNED_META = ["nuisance_margin"]           # meta numbers about chosen − rejected
 _OTHER_SIDE = {"chosen": "rejected", "rejected": "chosen"}
 
 def swap_sides(rec: dict,          # a pair (PrefRecord dict); not modified
@@ -146,7 +148,10 @@ def swap_sides(rec: dict,          # a pair (PrefRecord dict); not modified
         if isinstance(m.get(k), list) and len(m[k]) == 2: m[k] = m[k][::-1]
     for k in SIDE_TAGS:
         if m.get(k) in _OTHER_SIDE: m[k] = _OTHER_SIDE[m[k]]
-    if isinstance(m.get("label_confidence"), (int, float)): m["label_confidence"] = 1.0 - m["label_confidence"]
+    for k in PROB_META:
+        if isinstance(m.get(k), (int, float)): m[k] = 1.0 - m[k]
+    for k in SIGNED_META:
+        if isinstance(m.get(k), (int, float)): m[k] = -m[k]
     if r.get("labels"): r["labels"] = {a: 1 - v for a, v in r["labels"].items()}
     if r.get("gold") is not None: r["gold"] = 1 - r["gold"]
     if r.get("strength") is not None: r["strength"] = -r["strength"]

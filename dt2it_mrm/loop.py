@@ -17,9 +17,9 @@ from .evaluate import item_key, pair_items
 # %% auto #0
 __all__ = ['Scorer', 'Augmenter', 'Rewriter', 'Truth', 'LOOP_DEFAULTS', 'LOOP_SCHEMA', 'loop_params', 'EnsembleScores',
            'nuisance_features', 'fit_calibration', 'calibrate', 'calibrated', 'out_of_fold', 'p_wrong', 'review_order',
-           'bayes_update', 'combine_votes', 'reannotator', 'derive', 'restyle', 'same_image_negatives', 'augmented_id',
-           'augment_pairs', 'pair_key', 'dedupe', 'apply_weights', 'measure', 'calibration_report', 'budget_curve',
-           'run_iteration']
+           'bayes_update', 'combine_votes', 'reannotator', 'derive', 'restyle', 'same_image_negatives',
+           'other_image_negatives', 'augmented_id', 'augment_pairs', 'pair_key', 'dedupe', 'apply_weights', 'measure',
+           'calibration_report', 'budget_curve', 'run_iteration']
 
 # %% ../nbs/07_loop.ipynb #d8950974
 Scorer = Callable[[list[dict]], np.ndarray]
@@ -217,6 +217,18 @@ def same_image_negatives(pool: Sequence[dict], # pairs whose `chosen` answers ar
         return [derive(rec, rec["chosen"], d[3], {"negative_from": d[0], "tell": None}) for d in _draw(donors, other, n, r)]
     return augment
 
+def other_image_negatives(pool: Sequence[dict], # pairs whose `chosen` answers are the candidate negatives
+                          n: int = 1,            # negatives per pair
+                         ) -> Augmenter:
+    "Augmenter: `chosen` of the pair vs the `chosen` written for *the same question on other images* (only the image tells them apart; length and style carry no label)."
+    donors = [(r["id"], tuple(r["images"]), r["question"], r["chosen"]) for r in map(_d, pool)]
+    by_q = {}
+    for d in donors: by_q.setdefault(d[2], []).append(d)
+    def augment(rec: dict, r: np.random.Generator) -> list[dict]:
+        other = lambda d: d[1] != tuple(rec["images"]) and d[3] != rec["chosen"]
+        return [derive(rec, rec["chosen"], d[3], {"negative_from": d[0], "tell": None}) for d in _draw(by_q.get(rec["question"], []), other, n, r)]
+    return augment
+
 def _draw(items: list, ok: Callable, n: int, r: np.random.Generator, tries: int = 64) -> list:
     "Up to `n` distinct items satisfying `ok`, drawn at random: by rejection first (fast on large pools), then exhaustively."
     got = []
@@ -348,7 +360,10 @@ def _conf(records: Sequence[dict], prior: float) -> np.ndarray:
     return np.array(out, dtype=float)
 
 def _set_conf(records: list[dict], c: np.ndarray):
-    for r, x in zip(records, np.asarray(c).tolist()): r.setdefault("meta", {})["label_confidence"] = x
+    "Set meta.label_confidence, and a soft label where the pair has one (it follows the label's new probability)."
+    for r, x in zip(records, np.asarray(c).tolist()):
+        m = r.setdefault("meta", {}); m["label_confidence"] = x
+        if "soft_label" in m: m["soft_label"] = x
 
 def _note(r: dict, action: str) -> dict:
     r.setdefault("meta", {}).setdefault("curation", []).append(action); return r

@@ -392,9 +392,11 @@ def results_markdown(study: dict,            # the report stage's study dict: cl
         md += ["", "## More metrics (mean over worlds)", "", frame_markdown(study["metric_means"])]
     if study.get("construct"):
         rows = [[w, *(f"{v:.3f}" if isinstance(v, float) else "–" for v in (_get(k, ("label_accuracy", "raw_majority")), _get(k, ("label_accuracy", "constructed")),
-                 _get(k, ("label_accuracy", "constructed_weighted")), _get(k, ("weights", "ess_share")), _get(k, ("weights", "chosen_longer"))))]
+                 _get(k, ("label_accuracy", "constructed_weighted")), _get(k, ("label_accuracy", "constructed_soft_weighted")), _get(k, ("weights", "ess_share")),
+                 _get(k, ("weights", "chosen_longer"))))]
                 for w, k in sorted(study["construct"].items(), key=lambda kv: world_order([kv[0]]))]
-        md += ["", "## Debiased construction, per world", "", md_table(["world", "raw labels right", "constructed", "constructed, weighted", "ESS share", "chosen longer, weighted"], rows)]
+        md += ["", "## Debiased construction, per world", "", md_table(["world", "raw labels right", "constructed", "constructed, weighted",
+                                                                         "soft labels' weight on the right answer", "ESS share", "chosen longer, weighted"], rows)]
     if study.get("loop") and study["loop"]["iterations"]:
         md += ["", "## Iterative curation: what the loop does to the labels", "",
                "Label accuracy of each curated training set, measured from what its pairs now say (not from a copied field); the "

@@ -10,15 +10,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import Num, OneOf, Opt, Str, check_settings, unknown_key
+from .config import Check, Num, OneOf, Opt, Str, check_settings, unknown_key
 from .bias import as_dicts, cross_fit, dawid_skene, fit_text_model, length_diffs, shortcut_scores
 from .data import swap_sides
 from .evaluate import pair_margins
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'STRATEGY_SCHEMA', 'CLIP_SCHEMA', 'normalise', 'group_weights', 'length_weights', 'shortcut_weights',
-           'annotator_weights', 'jtt_weights', 'relabel', 'clip_weights', 'effective_sample_size', 'compute_weights',
-           'weight_report', 'with_weights', 'weighted_sampler', 'weighted_bt_loss', 'DynamicWeights']
+__all__ = ['PROPENSITY_SCHEMA', 'STRATEGIES', 'STRATEGY_SCHEMA', 'CLIP_SCHEMA', 'normalise', 'group_weights', 'length_weights',
+           'shortcut_weights', 'annotator_weights', 'jtt_weights', 'relabel', 'clip_weights', 'effective_sample_size',
+           'orientation_cells', 'trim_to_ess', 'propensity_weights', 'compute_weights', 'weight_report', 'with_weights',
+           'weighted_sampler', 'weighted_bt_loss', 'DynamicWeights']
 
 # %% ../nbs/04_resample.ipynb #33194a29
 def normalise(w: Any) -> np.ndarray:
@@ -124,6 +125,76 @@ def effective_sample_size(w: Any) -> float:
     "(Σw)² / Σw²."
     w = np.asarray(w, float)
     return float(w.sum() ** 2 / (w ** 2).sum()) if w.size and (w ** 2).sum() > 0 else 0.0
+
+# %% ../nbs/04_resample.ipynb #0cb03be3
+def orientation_cells(records: Sequence,
+                      orient: Sequence[str] = ("length", "tell"), # nuisances with a side: `length` (which answer is longer), `tell` (which carries a phrase)
+                      balance: Sequence[str] = ("group",),       # record fields whose values are strata of equal total weight
+                      phrases: Sequence[str] = (),               # tell phrases
+                      min_diff: float = 0,                       # |length difference| in characters at most this counts as equal
+                     ) -> tuple[list[tuple], list[tuple]]:
+    "Each pair's nuisance cell oriented to its label (signed side nuisances, then strata), and its mirror cell (sides swapped)."
+    bad = [o for o in orient if o not in ("length", "tell")]
+    if bad: raise ValueError(f"unknown oriented nuisance {bad[0]!r}: use 'length' or 'tell'")
+    cells, mirrors = [], []
+    for r in as_dicts(records):
+        side = []
+        for o in orient:
+            if o == "length": d = len(r["chosen"]) - len(r["rejected"]); side.append(0 if abs(d) <= min_diff else int(np.sign(d)))
+            else: side.append(int(any(p in r["chosen"] for p in phrases)) - int(any(p in r["rejected"] for p in phrases)))
+        strata = tuple(str(r.get(b)) for b in balance)
+        cells.append((*side, *strata)); mirrors.append((*(-x for x in side), *strata))
+    return cells, mirrors
+
+# %% ../nbs/04_resample.ipynb #5e4abe68
+def trim_to_ess(w: Any,
+                target: float | None, # the least ESS / n wanted (None: no trimming)
+               ) -> tuple[np.ndarray, float]:
+    "Weights of mean 1 clipped at the largest cap that keeps ESS/n ≥ `target`, and that cap (inf: none needed)."
+    w = normalise(w)
+    share = lambda x: effective_sample_size(x) / len(x)
+    if target is None or not w.size or share(w) >= target: return w, math.inf
+    lo, hi = 1.0, float(w.max())  # the cap 1 gives equal weights (ESS share 1)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if share(clip_weights(w, max_weight=mid)) >= target else (lo, mid)
+    return clip_weights(w, max_weight=lo), lo
+
+# %% ../nbs/04_resample.ipynb #1ad46f68
+PROPENSITY_SCHEMA = {"orient": Check("list", item=OneOf("length", "tell")), "balance": Check("list", item=Str()), "phrases": Check("list", item=Str()),
+                     "min_diff": Num(0), "target_ess": Opt(Num(0, 1, lo_open=True))}
+
+def propensity_weights(records: Sequence,
+                       confidence: Any | None = None, # P(label right) per pair (NaN or None: 1)
+                       orient: Sequence[str] = ("length", "tell"), balance: Sequence[str] = ("group",),
+                       phrases: Sequence[str] = (), min_diff: float = 0,
+                       target_ess: float | None = 0.6, # trim the weights to at least this ESS share
+                      ) -> tuple[np.ndarray, np.ndarray, dict]:
+    "Stabilised inverse-propensity weights over the joint nuisance cell (mean 1, trimmed), the soft label each implies, and a report."
+    recs = as_dicts(records); n = len(recs)
+    if not n: return np.zeros(0), np.zeros(0), {"n": 0}
+    cells, mirrors = orientation_cells(recs, orient, balance, phrases, min_diff)
+    q = np.ones(n) if confidence is None else np.array([1.0 if x is None or np.isnan(x) else x for x in confidence], float)
+    if len(q) != n or ((q < 0) | (q > 1)).any(): raise ValueError(f"confidence needs {n} values in [0, 1]")
+    cnt, pairs_in = Counter(), Counter()
+    for c, m, x in zip(cells, mirrors, q): cnt[c] += x; cnt[m] += 1 - x
+    k = len(orient)
+    for c in cells: pairs_in[c[k:]] += 1
+    G = len(pairs_in)
+    def w(c, m):
+        if not cnt[c]: return 0.0
+        both = cnt[c] + (cnt[m] if m != c else 0)
+        half = 0.5 if m != c and cnt[m] > 0 else 1.0  # a cell without a mirror (no length/tell difference, or no data the other way) stays whole
+        return n * (both / pairs_in[c[k:]]) * half / (G * cnt[c])
+    wc, wm = np.array([w(c, m) for c, m in zip(cells, mirrors)]), np.array([w(m, c) for c, m in zip(cells, mirrors)])
+    raw = q * wc + (1 - q) * wm
+    soft = np.divide(q * wc, raw, out=q.copy(), where=raw > 0)
+    out, cap = trim_to_ess(raw, target_ess)
+    rep = {"n": n, "cells": len({*cells, *mirrors}), "strata": G, "ess_share_untrimmed": effective_sample_size(raw) / n,
+           "ess_share": effective_sample_size(out) / n, "trim_cap": cap if math.isfinite(cap) else None,
+           "quantiles": dict(zip(("min", "p10", "p50", "p90", "max"), np.quantile(out, [0, 0.1, 0.5, 0.9, 1]).round(4).tolist())),
+           "top10_share": float(np.sort(out)[::-1][:max(1, n // 10)].sum() / out.sum())}
+    return out, soft, rep
 
 # %% ../nbs/04_resample.ipynb #11f7fa5b
 STRATEGIES = ("group", "length", "shortcut", "annotator", "jtt")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06b_reward_model.ipynb #6c172e10
 from __future__ import annotations
-import contextlib, hashlib, math, random, time
+import contextlib, hashlib, math, random, time, warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -24,8 +24,8 @@ from .vlm import (ATTN_IMPLS, IMAGE_ONLY_KEYS, autocast, blank_image, cat_pieces
 # %% auto #0
 __all__ = ['FUSIONS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'MIXED_PRECISION', 'BLANK', 'HEADS_FILE', 'META_FILE',
            'PROCESSOR_FILES', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image', 'item_images', 'images_field',
-           'ItemData', 'pair_items', 'PairData', 'CrossHead', 'RewardModel', 'info_nce', 'lora_config', 'text_hidden',
-           'place_heads', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order', 'FeatureCache',
+           'ItemData', 'pair_items', 'pair_meta', 'PairData', 'CrossHead', 'RewardModel', 'info_nce', 'lora_config',
+           'text_hidden', 'place_heads', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order', 'FeatureCache',
            'features_by_key', 'blank_tensors', 'rewards', 'pair_accuracy', 'pair_loss', 'default_accelerator', 'fit',
            'base_fingerprint', 'model_fingerprint', 'head_state', 'save_reward_model', 'load_reward_model',
            'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths', 'members_saw']
@@ -36,9 +36,13 @@ def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
             weight: torch.Tensor | None = None, # per-pair weights (default 1)
             margin: float | torch.Tensor = 0.0, # required reward gap
             reduction: str = "mean", # `mean` over pairs, or `none`
+            target: torch.Tensor | None = None, # soft labels: P(chosen is better) per pair (default 1)
+            offset: torch.Tensor | None = None, # a frozen nuisance model's margin per pair, added in training only (product of experts)
            ) -> torch.Tensor:
-    "Weighted Bradley–Terry loss with an optional margin."
-    loss = -F.logsigmoid(chosen - rejected - margin)
+    "Weighted Bradley–Terry loss with an optional margin, soft labels and a product-of-experts offset."
+    z = chosen - rejected if offset is None else chosen - rejected + offset
+    loss = -F.logsigmoid(z - margin)
+    if target is not None: loss = target * loss + (1 - target) * -F.logsigmoid(-z - margin)
     if weight is not None: loss = loss * weight
     return loss.mean() if reduction == "mean" else loss
 
@@ -170,8 +174,17 @@ def pair_items(records: Sequence[dict]) -> list[dict]:
         return {"image": images_field(r.get("images")), "question": r["question"], "answer": r[a]} | ({"system": system} if system is not None else {})
     return [mk(r, "chosen") for r in records] + [mk(r, "rejected") for r in records]
 
+def pair_meta(records: Sequence[dict], kept: Sequence[int],
+              key: str,       # a numeric `meta` field, e.g. `soft_label` or `nuisance_margin`
+              default: float, # its value for a pair without it
+             ) -> torch.Tensor | None:
+    "`meta[key]` of the kept records as a float tensor (`default` where missing); None when no record has it."
+    vals = [(records[i].get("meta") or {}).get(key) for i in kept]
+    if all(v is None for v in vals): return None
+    return torch.tensor([default if v is None else float(v) for v in vals])
+
 class PairData(ItemData):
-    "Encoded pairs: row `i` is pair i's chosen answer, row `n + i` its rejected one; `weight` per pair; pairs over `max_length` tokens skipped (counted in `skipped`)."
+    "Encoded pairs: row `i` is pair i's chosen answer, row `n + i` its rejected one; `weight` per pair, and `meta.soft_label`/`meta.nuisance_margin` as `target`/`offset` where given; pairs over `max_length` tokens skipped (counted in `skipped`)."
     def __init__(self, processor, records: Sequence[dict], blank: bool = False, image_root=None, blank_size: int = 84,
                  max_length: int | None = None, image_cache_mb: float | None = None):
         super().__init__(processor, pair_items(records), blank, image_root, blank_size, image_cache_mb)
@@ -179,7 +192,6 @@ class PairData(ItemData):
         self.kept = [i for i in range(n) if i not in long and n + i not in long]  # indices of the records encoded
         self.skipped = {"over_max_length": n - len(self.kept)} if max_length is not None else {}
         if len(self.kept) < n:
-            import warnings
             ids = [records[i].get("id", i) for i in range(n) if i not in set(self.kept)]
             warnings.warn(f"{n - len(self.kept)} of {n} pairs skipped: a response row has more than max_length={max_length} tokens (e.g. {ids[:3]})")
             rows = [*self.kept, *(n + i for i in self.kept)]
@@ -189,6 +201,7 @@ class PairData(ItemData):
             self.images = {k: v for k, v in self.images.items() if k in used}; self.dropped &= used
         self.n = len(self.kept)
         self.weight = torch.tensor([float(records[i].get("weight", 1.0) if records[i].get("weight") is not None else 1.0) for i in self.kept])
+        self.target, self.offset = (pair_meta(records, self.kept, k, d) for k, d in (("soft_label", 1.0), ("nuisance_margin", 0.0)))
     def pair_rows(self, pairs: Sequence[int]) -> list[int]: return [*pairs, *(self.n + i for i in pairs)]
 
 # %% ../nbs/06b_reward_model.ipynb #9aaacdcd
@@ -425,7 +438,8 @@ def pair_loss(rm, data: PairData, feats: dict,
     dev = model_device(rm) if device is None else device
     out = rm(to_device(data.batch(rows), dev), to_device([feats[data.keys[j]] for j in rows], dev), to_device([feats[BLANK]] * len(rows), dev))
     r = out["rewards"]
-    loss = bt_loss(r[:k], r[k:], data.weight[pairs].to(r.device), cfg.margin, reduction="none").sum() * scale
+    pick = lambda t: None if t is None else t[pairs].to(r.device)
+    loss = bt_loss(r[:k], r[k:], pick(data.weight), cfg.margin, reduction="none", target=pick(data.target), offset=pick(data.offset)).sum() * scale
     if cfg.fusion == "contrastive" and k > 1:
         loss = loss + cfg.contrastive_weight * info_nce(out["text_emb"][:k], out["image_emb"][:k], cfg.temperature)
     return loss

@@ -4,7 +4,7 @@ import pytest
 
 from dt2it_mrm.bias import dawid_skene
 from dt2it_mrm.config import ConfigError
-from dt2it_mrm.construct import construct_labels, construct_weights, label_shortcut
+from dt2it_mrm.construct import construct_labels, construct_weights, debias, label_shortcut, nuisance_margins
 from dt2it_mrm.judge import Judge, distil_pairs
 from dt2it_mrm.simulate import SimBackend
 from dt2it_mrm.world import WorldConfig, generate_world, load_world, world_judge
@@ -196,3 +196,39 @@ def test_impossible_settings_are_clear_errors(world):
     with pytest.raises(ValueError, match="returned 0 records for 10 pairs"): construct_labels(raw, post, "judge", lambda rs: [])
     with pytest.raises(ValueError, match="verdicts \\['maybe'\\]"):
         construct_labels(raw, post, "judge", lambda rs: [{**r, "meta": {**r["meta"], "judge": {"verdict": "maybe"}}} for r in rs])
+
+
+def _labelled(world):
+    cfg, w = world
+    raw = w["train_raw"]
+    recs, _, _ = construct_labels(raw, None, "recorded")  # the raw majority labels, confidence 0.9
+    return [dict(r, meta={**r["meta"], "relabelled": i % 7 == 0}) for i, r in enumerate(recs)]  # some marked as relabelled (poe text)
+
+
+def test_the_nuisance_expert_is_cross_fitted_and_learns_that_longer_and_tell_win(world):
+    recs = _labelled(world)
+    m = nuisance_margins(recs, ["As the image clearly shows,"], folds=5, seed=0)
+    d = np.array([len(r["chosen"]) - len(r["rejected"]) for r in recs])
+    assert np.mean(m[d > 0] > 0) > 0.95 and np.mean(m[d < 0] < 0) > 0.95  # the length-biased world: longer wins
+    tell = np.array([("As the image clearly shows," in r["chosen"]) - ("As the image clearly shows," in r["rejected"]) for r in recs])
+    assert m[(d > 0) & (tell > 0)].mean() > m[(d > 0) & (tell == 0)].mean() > m[(d > 0) & (tell < 0)].mean()  # the tell's side wins too
+    assert not np.allclose(m, nuisance_margins(recs, ["As the image clearly shows,"], folds=5, seed=1))  # other folds, other fits
+
+
+def test_debias_combines_every_part_and_each_is_switchable(world):
+    recs = _labelled(world)
+    tm = {r["id"]: 0.5 for r in world[1]["train_raw"]}
+    plain, rep0 = debias(recs, tm, weighting="none")
+    assert all(r["weight"] == 1.0 and "soft_label" not in r["meta"] and "nuisance_margin" not in r["meta"] for r in plain)
+    assert [r["chosen"] for r in plain] == [r["chosen"] for r in recs] and recs[0]["meta"] is not plain[0]["meta"]  # the caller's records stay
+    full, rep = debias(recs, tm, weighting="propensity", propensity={"target_ess": 0.7}, soft_labels=True, poe="nuisance",
+                       counterfactual=["other_image"], phrases=["As the image clearly shows,"])
+    new = [r for r in full if r["meta"].get("negative_from")]
+    assert len(full) == len(recs) + len(new) == len(recs) + rep["counterfactual"]["added"] and new
+    assert rep["propensity"]["ess_share"] >= 0.7 - 1e-9 and np.isclose(np.mean([r["weight"] for r in full]), 1)
+    assert all(0 <= r["meta"]["soft_label"] <= 1 for r in full) and all("nuisance_margin" in r["meta"] for r in full)
+    assert rep["weights"]["chosen_longer"] < rep["weights"]["chosen_longer_unweighted"]
+    text, _ = debias(recs, tm, weighting="none", poe="text")
+    assert [r["meta"]["nuisance_margin"] for r in text] == [(-0.5 if r["meta"].get("relabelled") else 0.5) for r in recs]
+    with pytest.raises(ConfigError, match="construct.poe"): debias(recs, tm, poe="length")
+    with pytest.raises(ConfigError, match="construct.propensity.orient"): debias(recs, tm, propensity={"orient": ["colour"]})

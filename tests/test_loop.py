@@ -7,7 +7,7 @@ from dt2it_mrm.core import rng
 from dt2it_mrm.data import swap_sides
 from dt2it_mrm.loop import (LOOP_DEFAULTS, EnsembleScores, apply_weights, augment_pairs, bayes_update, budget_curve, calibrate,
                             calibrated, combine_votes, dedupe, fit_calibration, loop_params, nuisance_features, out_of_fold, p_wrong, pair_key, reannotator, restyle,
-                            review_order, run_iteration, same_image_negatives)
+                            review_order, run_iteration, same_image_negatives, other_image_negatives)
 from dt2it_mrm.resample import relabel
 from dt2it_mrm.reward_model import fold_of
 from dt2it_mrm.world import SimJudge, SimRewriter, WorldConfig, WorldTruth, make_split, read_claims
@@ -154,6 +154,23 @@ def test_same_image_negatives_never_cross_images():
         for a in aug(rec, rng(1, rec["id"])):
             donor = next(p for p in pool if p["chosen"] == a["rejected"])
             assert donor["images"] == rec["images"] and donor["question"] != rec["question"]
+
+
+def test_other_image_negatives_keep_the_question_and_change_the_image():
+    pool = [pair(f"p{i}", f"answer {i}", "x", q=f"q{i % 3}", img=f"{i % 4}.png") for i in range(12)]
+    aug = other_image_negatives(pool, n=2)
+    got = [a for rec in pool for a in aug(rec, rng(1, rec["id"]))]
+    assert len(got) == 24
+    for a in got:
+        donor = next(p for p in pool if p["chosen"] == a["rejected"])
+        assert donor["question"] == a["question"] and donor["images"] != a["images"] and a["meta"]["negative_from"] == donor["id"]
+    assert other_image_negatives(pool[:1])(pool[0], rng(0)) == []  # no other image with that question
+
+
+def test_swap_sides_turns_soft_labels_and_nuisance_margins_with_the_label():
+    r = pair("p", "A", "B", meta={"soft_label": 0.8, "nuisance_margin": 1.5, "label_confidence": 0.9})
+    s = swap_sides(r)
+    assert (s["meta"]["soft_label"], s["meta"]["nuisance_margin"]) == (pytest.approx(0.2), -1.5) and s["meta"]["label_confidence"] == pytest.approx(0.1)
 
 
 def test_augment_pairs_ids_unique_and_invalid_counted():

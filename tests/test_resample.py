@@ -165,3 +165,48 @@ def test_pairs_without_votes_have_no_annotator_weight_and_are_not_relabelled():
     mixed = [rec(i, f"answer {i} " * (1 + i % 3), f"ans {i}", "a", labels=None if i % 5 == 0 else {"x": 1, "y": i % 2, "z": 1}) for i in range(30)]
     w = resample.compute_weights(mixed, {"annotator": {}})  # the default posterior: Dawid–Skene, NaN where no votes
     assert np.isfinite(w).all() and (w[::5] == 1).all()
+
+
+def _lp(i, longer_chosen, group, tell=None):
+    "A pair whose chosen answer is longer (or not), with the tell phrase on one side (or none)."
+    c, r = ("a long answer here", "short") if longer_chosen else ("short", "a long answer here")
+    if tell == "chosen": c = "T! " + c
+    if tell == "rejected": r = "T! " + r
+    return rec(i, c, r, group)
+
+
+def test_propensity_weights_make_every_oriented_nuisance_independent_of_the_label_in_every_group():
+    recs = ([_lp(i, True, "a") for i in range(12)] + [_lp(12 + i, False, "a") for i in range(4)]
+            + [_lp(20 + i, True, "b", tell="chosen") for i in range(5)] + [_lp(30 + i, True, "b", tell="rejected") for i in range(1)]
+            + [_lp(40 + i, False, "b", tell="rejected") for i in range(2)])
+    w, soft, rep = resample.propensity_weights(recs, orient=["length", "tell"], balance=["group"], phrases=["T!"], target_ess=None)
+    g = np.array([r["group"] for r in recs]); d = np.array([len(r["chosen"]) - len(r["rejected"]) for r in recs])
+    assert np.isclose(w.mean(), 1) and np.allclose(soft, 1) and rep["strata"] == 2
+    assert np.isclose(w[g == "a"].sum(), w[g == "b"].sum())  # groups of equal total weight
+    assert np.isclose(w[(g == "a") & (d > 0)].sum(), w[(g == "a") & (d < 0)].sum())  # group a: chosen longer as often as shorter
+    tell = np.array([("T!" in r["chosen"]) - ("T!" in r["rejected"]) for r in recs])
+    cell = lambda L, T: w[(g == "b") & (np.sign(d) == L) & (tell == T)].sum()
+    assert np.isclose(cell(1, 1), cell(-1, -1)) and cell(-1, 1) == 0  # group b: (longer, tell) as heavy as its mirror
+    # the cell (longer, tell on rejected) has no mirror (shorter, tell on chosen): it keeps its whole mass
+    assert np.isclose(cell(1, -1), w[g == "b"].sum() * 1 / 8)
+
+
+def test_uncertain_labels_split_a_pairs_weight_between_its_label_and_the_other_answer():
+    recs = [_lp(i, True, "a") for i in range(6)] + [_lp(6 + i, False, "a") for i in range(2)]
+    q = np.array([1.0] * 6 + [0.6] * 2)
+    w, soft, _ = resample.propensity_weights(recs, q, orient=["length"], balance=[], target_ess=None)
+    # expected counts: longer 6 + 0.8, shorter 1.2; w(longer) = 8·½/6.8, w(shorter) = 8·½/1.2
+    wl, ws = 4 / 6.8, 4 / 1.2
+    assert np.allclose(w, [wl] * 6 + [0.6 * ws + 0.4 * wl] * 2) and np.allclose(soft[6:], 0.6 * ws / (0.6 * ws + 0.4 * wl))
+    with pytest.raises(ValueError, match="confidence"): resample.propensity_weights(recs, [1.2] * 8)
+    with pytest.raises(ValueError, match="oriented nuisance"): resample.propensity_weights(recs, orient=["colour"])
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.95])
+def test_trimming_reaches_the_target_ess_with_the_largest_cap(target):
+    w = np.random.default_rng(0).lognormal(0, 1.5, 500)
+    t, cap = resample.trim_to_ess(w, target)
+    share = lambda x: resample.effective_sample_size(x) / len(x)
+    assert share(w) < target <= share(t) + 1e-9 and np.isclose(t.mean(), 1) and np.isclose(t.max(), cap)
+    assert share(resample.clip_weights(w, max_weight=cap * 1.01)) < target  # a looser cap misses it
+    assert resample.trim_to_ess(np.ones(5), 0.9)[1] == np.inf

@@ -33,6 +33,42 @@ def test_bt_loss_is_weighted_and_has_a_margin():
     assert bt_loss(c, r, margin=1.0) > bt_loss(c, r) and torch.isclose(bt_loss(torch.tensor([1.0]), torch.tensor([0.0]), margin=1.0), torch.log(torch.tensor(2.0)))
 
 
+def test_bt_loss_soft_labels_and_the_product_of_experts_offset_by_hand():
+    c, r = torch.tensor([1.0, 0.0, 3.0]), torch.tensor([0.0, 0.0, 1.0])
+    plain = bt_loss(c, r, reduction="none")
+    assert torch.equal(bt_loss(c, r, reduction="none", target=torch.ones(3), offset=torch.zeros(3)), plain)  # hard labels, no offset: the same bits
+    t = torch.tensor([0.9, 0.5, 0.7])
+    soft = bt_loss(c, r, reduction="none", target=t)
+    assert torch.allclose(soft, t * torch.nn.functional.softplus(r - c) + (1 - t) * torch.nn.functional.softplus(c - r))
+    assert torch.isclose(soft[1], torch.log(torch.tensor(2.0)))  # a coin-flip label pulls the margin to 0
+    o = torch.tensor([2.0, -1.0, 0.0])  # the nuisance expert already explains pair 0 and opposes pair 1
+    assert torch.allclose(bt_loss(c, r, reduction="none", offset=o), torch.nn.functional.softplus(r - c - o))
+
+
+def test_pair_data_reads_soft_labels_and_nuisance_margins_only_where_given(base, pairs):
+    proc = load_processor(base)
+    plain = PairData(proc, pairs[:4])
+    assert plain.target is None and plain.offset is None  # the loss takes exactly the old path
+    recs = [dict(r, meta={**r.get("meta", {}), "soft_label": 0.8, "nuisance_margin": 1.5}) for r in pairs[:2]] + pairs[2:4]
+    d = PairData(proc, recs)
+    assert torch.allclose(d.target, torch.tensor([0.8, 0.8, 1.0, 1.0])) and torch.allclose(d.offset, torch.tensor([1.5, 1.5, 0.0, 0.0]))
+
+
+def test_a_nuisance_expert_takes_the_pairs_it_explains_off_the_reward_model(base, pairs):
+    "Product of experts: the pairs a frozen expert already explains teach the reward model far less than the others."
+    cfg = RMConfig(lora_r=4, epochs=6, batch_size=8, lr=5e-3, warmup=2, seed=0)
+    recs = pairs[:16]
+    poe = [dict(r, meta={**r.get("meta", {}), "nuisance_margin": 8.0 if i % 2 else 0.0}) for i, r in enumerate(recs)]  # odd pairs explained
+    ratio = {}
+    for name, data_recs in {"plain": recs, "poe": poe}.items():
+        rm = build_reward_model(base, cfg)
+        proc, data = _data(base, data_recs)
+        fit(rm, data, cfg, progress=False)
+        r = rewards(rm, data, _feats(rm, proc, data)); m = r[:16] - r[16:]
+        ratio[name] = float(m[1::2].mean() / m[0::2].mean())
+    assert ratio["plain"] > 0.6 and ratio["poe"] < 0.7 * ratio["plain"], ratio  # ignoring the offset would give the same ratio: same seed, same data
+
+
 def _lora_grads(rm, data, feats, pairs_idx):
     """One eval/no-grad pass first (the pass that makes bitsandbytes repack 4-bit weights on AVX512-BF16 CPUs), then
     the training loss's gradients of the trainable weights."""

@@ -31,20 +31,20 @@ def file_sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def job(variant: str, world: str, seed: int, rm: dict, data_dir: str, construct_dir: str, sets: dict) -> dict:
-    "Train one reward model on `variant`'s file of `world`; per set its per-pair margins, and the length correlation."
+def job(variant: str, world: str, seed: int, rm: dict, train_path: str, sets: dict, base: str = "data/base", cwd: str | None = None) -> dict:
+    "Train one reward model on `train_path` (relative to `cwd`); per set its per-pair margins, and the length correlation on the primary set."
     import torch; torch.set_num_threads(1)
+    if cwd: os.chdir(cwd)
     from common import read_pairs
     from dt2it_mrm.core import set_offline
     from dt2it_mrm.evaluate import length_correlation, pair_margins
     from dt2it_mrm.reward_model import RMConfig, train_reward_model
     from dt2it_mrm.score import RewardScorer
     set_offline()
-    path = Path(construct_dir) / world / "ablation" / f"{variant}.jsonl"
-    train = read_pairs(path)
+    train = read_pairs(train_path)
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter(); train_reward_model(train, "data/base", RMConfig(**(rm | {"seed": seed})), out_dir=Path(tmp) / "rm", progress=False)
-        out = {"variant": variant, "world": world, "train_s": round(time.perf_counter() - t0, 1), "pairs": len(train), "file_sha256": file_sha(path), "margins": {}}
+        t0 = time.perf_counter(); train_reward_model(train, base, RMConfig(**(rm | {"seed": seed})), out_dir=Path(tmp) / "rm", progress=False)
+        out = {"variant": variant, "world": world, "train_s": round(time.perf_counter() - t0, 1), "pairs": len(train), "file_sha256": file_sha(train_path), "margins": {}}
         sc = RewardScorer.load(Path(tmp) / "rm")
         for name, path in sets.items():
             recs = read_pairs(path.format(world=world))
@@ -76,7 +76,7 @@ def main():
     todo = [(v, w) for v in a.variants for w in worlds if (v, w) not in old]
     print(f"{len(old)} runs reused, {len(todo)} to train")
     with ProcessPoolExecutor(a.workers) as ex:
-        futs = {k: ex.submit(job, *k, seed, rm, params["data"]["root"], cdir, sets) for k in todo}
+        futs = {k: ex.submit(job, *k, seed, rm, str(Path(cdir) / k[1] / "ablation" / f"{k[0]}.jsonl"), sets) for k in todo}
         runs = [old[k] if k in old else futs[k].result() | {"seed": seed} for k in ((v, w) for v in a.variants for w in worlds)]
     by = {(r["variant"], r["world"]): r for r in runs}
     from common import read_pairs

@@ -397,6 +397,10 @@ def results_markdown(study: dict,            # the report stage's study dict: cl
                 for w, k in sorted(study["construct"].items(), key=lambda kv: world_order([kv[0]]))]
         md += ["", "## Debiased construction, per world", "", md_table(["world", "raw labels right", "constructed", "constructed, weighted",
                                                                          "soft labels' weight on the right answer", "ESS share", "chosen longer, weighted"], rows)]
+    if g := study.get("construction_gain"):
+        md += ["", f"On `{p}`, `debiased` (the constructed set, no curation) against "
+               + "; against ".join(f"`{ref}`: {_pts(d)} points ({d['n_worlds']} world{'s' if d['n_worlds'] > 1 else ''})" for ref, d in g.items())
+               + " (95% intervals over worlds and pairs)."]
     if study.get("loop") and study["loop"]["iterations"]:
         md += ["", "## Iterative curation: what the loop does to the labels", "",
                "Label accuracy of each curated training set, measured from what its pairs now say (not from a copied field); the "

@@ -171,6 +171,8 @@ def test_the_whole_study_runs_on_a_tiny_world_and_a_loop_param_reruns_only_what_
     assert set(study["loop"]["ablations"]) == {"full", *params["curate"]["ablations"]}
     fd = study["loop"]["final_vs_debiased"]
     assert fd["low"] <= fd["estimate"] <= fd["high"] and "against `debiased`" in (d / "reports/results.md").read_text()
+    cg = study["construction_gain"]  # the constructed set against the raw labels (2 worlds) and against its own labels alone (1 world)
+    assert (cg["baseline"]["n_worlds"], cg["labels_only"]["n_worlds"]) == (2, 1) and "`debiased` (the constructed set, no curation) against `baseline`" in (d / "reports/results.md").read_text()
     assert all(study["curation"]["iter1"][w]["score"]["in_sample"] == 0 for w in ("w0", "w1"))  # cross-fitted: every pair scored out of fold
     assert ran(run("repro")) == set()
     curated = (d / "data/curate/iter1/w0/train.jsonl").read_bytes()

@@ -12,7 +12,7 @@ from .bias import as_dicts, prompt_folds
 from .config import Bool, Check, Int, Num, OneOf, Opt, Share, Str, check_settings
 from .core import rng
 from .data import swap_sides
-from .loop import augment_pairs, fit_calibration, nuisance_features, other_image_negatives
+from .loop import augment_pairs, fit_calibration, nuisance_features, other_image_negatives, pair_key
 from .resample import PROPENSITY_SCHEMA, compute_weights, propensity_weights, relabel, weight_report, with_weights
 
 # %% auto #0
@@ -184,10 +184,12 @@ def debias(records: Sequence,            # labelled pairs (`meta.label_confidenc
     if counterfactual:
         augs = {"other_image": other_image_negatives(recs)}
         new, counts = augment_pairs(recs, {k: augs[k] for k in counterfactual}, seed, {r["id"] for r in recs})
-        by_id = {r["id"]: r for r in recs}
-        for a in new:  # the negative answers another image: the pair is as likely right as its parent's label
-            a["meta"]["label_confidence"] = by_id[a["id"].rsplit("~", 1)[0]]["meta"].get("label_confidence", 1.0)
-        recs += new; rep["counterfactual"] = counts | {"added": len(new)}
+        by_id, seen, kept = {r["id"]: r for r in recs}, {pair_key(r) for r in recs}, []
+        for a in new:  # a pair already in the set (two prompts drew the same twin) is dropped and counted
+            if (k := pair_key(a)) in seen: continue
+            seen.add(k); kept.append(a)
+            a["meta"]["label_confidence"] = by_id[a["id"].rsplit("~", 1)[0]]["meta"].get("label_confidence", 1.0)  # as likely right as its parent's label
+        recs += kept; rep["counterfactual"] = counts | {"added": len(kept), "duplicates_dropped": len(new) - len(kept)}
     conf = np.array([r["meta"].get("label_confidence", np.nan) for r in recs], float)
     soft = np.where(np.isnan(conf), 1.0, conf)
     if weighting == "propensity":

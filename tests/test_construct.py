@@ -209,8 +209,8 @@ def test_the_nuisance_expert_is_cross_fitted_and_learns_that_longer_and_tell_win
     recs = _labelled(world)
     m = nuisance_margins(recs, ["As the image clearly shows,"], folds=5, seed=0)
     d = np.array([len(r["chosen"]) - len(r["rejected"]) for r in recs])
-    assert np.mean(m[d > 0] > 0) > 0.95 and np.mean(m[d < 0] < 0) > 0.95  # the length-biased world: longer wins
     tell = np.array([("As the image clearly shows," in r["chosen"]) - ("As the image clearly shows," in r["rejected"]) for r in recs])
+    assert np.mean(m[(d > 0) & (tell == 0)] > 0) > 0.95 and np.mean(m[(d < 0) & (tell == 0)] < 0) > 0.95  # the length-biased world: longer wins
     assert m[(d > 0) & (tell > 0)].mean() > m[(d > 0) & (tell == 0)].mean() > m[(d > 0) & (tell < 0)].mean()  # the tell's side wins too
     assert not np.allclose(m, nuisance_margins(recs, ["As the image clearly shows,"], folds=5, seed=1))  # other folds, other fits
 
@@ -225,6 +225,10 @@ def test_debias_combines_every_part_and_each_is_switchable(world):
                        counterfactual=["other_image"], phrases=["As the image clearly shows,"])
     new = [r for r in full if r["meta"].get("negative_from")]
     assert len(full) == len(recs) + len(new) == len(recs) + rep["counterfactual"]["added"] and new
+    twins = [dict(recs[0], id="twin")] + recs  # the same prompt and answers twice: its counterfactual twin is kept once
+    twins[0]["rejected"] = recs[0]["rejected"] + " (again)"
+    _, trep = debias(twins, tm, weighting="none", counterfactual=["other_image"], seed=0)
+    assert trep["counterfactual"]["added"] + trep["counterfactual"]["duplicates_dropped"] == trep["counterfactual"]["other_image"]["added"]
     assert rep["propensity"]["ess_share"] >= 0.7 - 1e-9 and np.isclose(np.mean([r["weight"] for r in full]), 1)
     assert all(0 <= r["meta"]["soft_label"] <= 1 for r in full) and all("nuisance_margin" in r["meta"] for r in full)
     assert rep["weights"]["chosen_longer"] < rep["weights"]["chosen_longer_unweighted"]

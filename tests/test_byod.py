@@ -29,7 +29,9 @@ def test_the_study_runs_on_a_users_own_files_and_never_writes_them(root, tmp_pat
     assert con["counts"]["n"] == 48 and con["counts"]["asked_judge"] == 48, con["counts"]  # no votes: the judge labels every pair
     assert con["counts"]["n"] == con["counts"]["kept"] + con["counts"]["dropped"]
     log = json.loads((d / "reports/curate/iter1/w0/curate.json").read_text())
-    assert log["judge_requests_sent"] > 0 and log["n_in"] == con["counts"]["kept"]
+    cf = con["debias"]["counterfactual"]  # the training set: the kept labels plus their counterfactual twins, none repeated
+    assert cf["added"] + cf["duplicates_dropped"] == cf["other_image"]["added"] and cf["duplicates_dropped"] > 0
+    assert log["judge_requests_sent"] > 0 and log["n_in"] == con["counts"]["kept"] + cf["added"]
     m = json.loads((d / "reports/metrics/arms/baseline/w0.json").read_text())
     assert list(m["sets"]) == ["test"] and m["expert"] is None and m["best_of_n"] is None
     study = json.loads((d / "reports/metrics/study.json").read_text())

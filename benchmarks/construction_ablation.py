@@ -16,7 +16,7 @@ is marked; the test columns play no part in that choice.
 
 Writes reports/bench/construction_ablation.json and .md (the trained models are not kept).
 """
-import argparse, json, os, sys, tempfile, time
+import argparse, hashlib, json, os, sys, tempfile, time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def file_sha(path) -> str:
-    import hashlib
+    "The sha256 of a file's bytes (a reused run must have trained on the same file)."
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -79,7 +79,6 @@ def main():
         futs = {k: ex.submit(job, *k, seed, rm, str(Path(cdir) / k[1] / "ablation" / f"{k[0]}.jsonl"), sets) for k in todo}
         runs = [old[k] if k in old else futs[k].result() | {"seed": seed} for k in ((v, w) for v in a.variants for w in worlds)]
     by = {(r["variant"], r["world"]): r for r in runs}
-    from common import read_pairs
     base_m = {w: json.loads(Path(f"data/eval/baseline/{w}.json").read_text())["sets"]["test_neutral"]["margin"] for w in worlds}
     cons = {w: json.loads((Path(params["construct"]["report_dir"].format(world=w)) / "construct.json").read_text()) for w in worlds}
     correct = lambda m: (np.asarray(m) > 0).astype(float)

@@ -22,13 +22,13 @@ from .vlm import (ATTN_IMPLS, IMAGE_ONLY_KEYS, autocast, blank_image, cat_pieces
                   encode_texts, image_features, last_index, load_base, load_processor, model_device, piece_bytes, to_device, with_features)
 
 # %% auto #0
-__all__ = ['FUSIONS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'MIXED_PRECISION', 'BLANK', 'HEADS_FILE', 'META_FILE',
-           'PROCESSOR_FILES', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image', 'item_images', 'images_field',
-           'ItemData', 'pair_items', 'pair_meta', 'PairData', 'CrossHead', 'RewardModel', 'info_nce', 'lora_config',
-           'text_hidden', 'place_heads', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order', 'FeatureCache',
-           'features_by_key', 'blank_tensors', 'rewards', 'pair_accuracy', 'pair_loss', 'default_accelerator', 'fit',
-           'base_fingerprint', 'model_fingerprint', 'head_state', 'save_reward_model', 'load_reward_model',
-           'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths', 'members_saw']
+__all__ = ['FUSIONS', 'POOLS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'MIXED_PRECISION', 'BLANK', 'HEADS_FILE',
+           'META_FILE', 'PROCESSOR_FILES', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image', 'item_images',
+           'images_field', 'ItemData', 'pair_items', 'pair_meta', 'PairData', 'CrossHead', 'pool_answer', 'RewardModel',
+           'info_nce', 'lora_config', 'text_hidden', 'place_heads', 'build_reward_model', 'trainable', 'lr_lambda',
+           'pair_order', 'FeatureCache', 'features_by_key', 'blank_tensors', 'rewards', 'pair_accuracy', 'pair_loss',
+           'default_accelerator', 'fit', 'base_fingerprint', 'model_fingerprint', 'head_state', 'save_reward_model',
+           'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths', 'members_saw']
 
 # %% ../nbs/06b_reward_model.ipynb #b9224678
 def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
@@ -48,6 +48,7 @@ def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
 
 # %% ../nbs/06b_reward_model.ipynb #03f06f06
 FUSIONS = ("early", "late", "cross", "contrastive")
+POOLS = ("last", "sum", "mean")  # how the head reads the answer: its last token, or every answer token scored and summed / averaged
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 @dataclass
@@ -59,6 +60,7 @@ class RMConfig:
     lora_dropout: float = 0.0
     lora_targets: list = field(default_factory=lambda: list(LORA_TARGETS)) # projections of the language model
     fusion: str = "early"       # one of FUSIONS
+    pool: str = "last"          # one of POOLS: the head on the last token, or on every answer token, summed or averaged (early and contrastive fusions)
     contrastive_weight: float = 0.1 # weight of the image–response InfoNCE loss (fusion `contrastive`)
     temperature: float = 0.1    # InfoNCE temperature
     margin: float = 0.0         # Bradley–Terry margin
@@ -84,7 +86,10 @@ class RMConfig:
     feature_cache_mb: float = 4096 # image features kept per data set; beyond, features are computed per batch and kept in an LRU of this size
     seed: int = 0
 
-    def __post_init__(self): check_fields(self, RM_SCHEMA, "RMConfig")
+    def __post_init__(self):
+        check_fields(self, RM_SCHEMA, "RMConfig")
+        if self.pool != "last" and self.fusion not in ("early", "contrastive"):
+            raise ValueError(f"RMConfig: pool {self.pool!r} needs fusion early or contrastive (the {self.fusion!r} head reads the last token), got fusion {self.fusion!r}")
 
     @classmethod
     def from_params(cls, params: dict | None = None,
@@ -94,7 +99,7 @@ class RMConfig:
         return cls(**check_settings({**(params or {}), **overrides}, RM_SCHEMA, where))
 
 RM_SCHEMA = {"quant": OneOf("4bit", "8bit", "none"), "lora_r": Int(1), "lora_alpha": Num(0, lo_open=True),
-             "lora_dropout": Num(0, 1, hi_open=True), "lora_targets": Check("list", item=Str()), "fusion": OneOf(*FUSIONS),
+             "lora_dropout": Num(0, 1, hi_open=True), "lora_targets": Check("list", item=Str()), "fusion": OneOf(*FUSIONS), "pool": OneOf(*POOLS),
              "contrastive_weight": Num(0), "temperature": Num(0, lo_open=True), "margin": Num(0), "epochs": Num(0, lo_open=True),
              "batch_size": Int(1), "grad_accum": Int(1), "lr": Num(0, lo_open=True), "schedule": OneOf("cosine", "linear", "constant"),
              "warmup": Int(0), "weight_decay": Num(0), "max_grad_norm": Num(0, lo_open=True), "grad_ckpt": Bool(),
@@ -147,7 +152,8 @@ class ItemData:
                 if held + b <= budget: self.images[k] = t; held += b
                 else: self.dropped.add(k); self.light[k] = {n_: v for n_, v in t.items() if n_ not in IMAGE_ONLY_KEYS}
         if self.dropped: self.light |= {k: {n_: v for n_, v in t.items() if n_ not in IMAGE_ONLY_KEYS} for k, t in self.images.items()}
-        self.texts = encode_texts(processor, [(it["question"], it["answer"], it.get("system")) for it in items], [[self.ntok[k] for k in r] for r in row_imgs])
+        self.texts = encode_texts(processor, [(it["question"], it["answer"], it.get("system")) for it in items], [[self.ntok[k] for k in r] for r in row_imgs],
+                                  answer_mask=True)
 
     def _load(self, keys: Sequence[str]) -> list:
         return [blank_image(self.blank_size) if k == BLANK else load_image(k, self.image_root) for k in keys]
@@ -220,6 +226,15 @@ class CrossHead(nn.Module):
 
 def _mlp(d_in: int, hidden: int) -> nn.Module: return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
+def pool_answer(scores: torch.Tensor,      # (rows, tokens): the head's score of every token
+                answer: torch.Tensor | None, # (rows, tokens): 1 on answer tokens (`answer_mask` of the batch)
+                how: str,                    # sum or mean
+               ) -> torch.Tensor:
+    "Each row's token scores pooled over its answer tokens."
+    if answer is None: raise ValueError(f"pool {how!r} needs the batch's answer_mask (rows encoded by ItemData)")
+    a = answer.to(scores.dtype); s = (scores * a).sum(1)
+    return s if how == "sum" else s / a.sum(1).clamp(min=1)
+
 class RewardModel(nn.Module):
     "A VLM with LoRA adapters and a fusion head, scoring (image, question, answer) rows."
     def __init__(self, vlm,           # the PEFT-wrapped base VLM
@@ -257,14 +272,16 @@ class RewardModel(nn.Module):
                ) -> dict:
         "Rewards of the rows of `batch` (and, for `contrastive`, the pooled text and image embeddings)."
         view = pieces if self.sees_image() else self.blank_view(batch, blank)
+        batch = dict(batch); answer = batch.pop("answer_mask", None)
         h = self.backbone()(**with_features(batch, view), use_cache=False).last_hidden_state
         mask = batch["attention_mask"]
         last = h[torch.arange(len(h), device=h.device), last_index(mask)]
         img_tokens = [p["pooler_output"] for p in pieces]
-        if self.cfg.fusion == "early": return {"rewards": self.head(last).squeeze(-1)}
-        if self.cfg.fusion == "contrastive":
+        if self.cfg.fusion in ("early", "contrastive"):
+            r = self.head(last).squeeze(-1) if self.cfg.pool == "last" else pool_answer(self.head(h).squeeze(-1), answer, self.cfg.pool)
+            if self.cfg.fusion == "early": return {"rewards": r}
             img = torch.stack([t.mean(0) for t in img_tokens])
-            return {"rewards": self.head(last).squeeze(-1), "text_emb": self.proj_text(last), "image_emb": self.proj_image(img)}
+            return {"rewards": r, "text_emb": self.proj_text(last), "image_emb": self.proj_image(img)}
         if self.cfg.fusion == "late":
             img = torch.stack([t.mean(0) for t in img_tokens])
             return {"rewards": self.head(torch.cat([last, img, last * img], -1)).squeeze(-1)}

@@ -174,7 +174,8 @@ def naive_scores(rm: RewardModel, items: Sequence[dict], processor=None, image_r
     blank = blank_image(rm.cfg.blank_size)
     def inputs(imgs, q, a, s):
         b = processor(text=[chat_text(processor, q, a, len(imgs), s)], images=list(imgs), return_tensors="pt")
-        return dict(b), split_images(b, len(imgs))
+        n_prompt = processor(text=[chat_text(processor, q, None, len(imgs), s)], images=list(imgs), return_tensors="pt")["input_ids"].shape[1]
+        return dict(b) | {"answer_mask": (torch.arange(b["input_ids"].shape[1]) >= n_prompt).long()[None]}, split_images(b, len(imgs))
     for it in items:
         keys = item_images(it["image"], rm.cfg.blank_image)
         b, ims = inputs([blank if k == BLANK else load_image(k, image_root) for k in keys], it["question"], it["answer"], it.get("system"))

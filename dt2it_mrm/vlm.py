@@ -203,8 +203,8 @@ def load_processor(path: str | Path,
     return set_resolution(family_of(path).processor_cls.from_pretrained(str(path)), min_pixels, max_pixels)
 
 # %% ../nbs/06a_vlm.ipynb #c1608759
-TEXT_KEYS = ("input_ids", "mm_token_type_ids", "token_type_ids", "labels")
-PAD_VALUES = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0, "token_type_ids": 0, "labels": -100}
+TEXT_KEYS = ("input_ids", "mm_token_type_ids", "token_type_ids", "labels", "answer_mask")
+PAD_VALUES = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0, "token_type_ids": 0, "labels": -100, "answer_mask": 0}
 BLANK_GREY = (128, 128, 128)
 
 def blank_image(size: int = 84) -> Image.Image:
@@ -279,10 +279,11 @@ def encode_image(processor, image: Image.Image) -> tuple[dict, int]:
     "The image tensors of `image` and the number of placeholder tokens it takes in the text."
     return encode_images(processor, [image])[0]
 
-def _text_tensors(processor, ids: list[int], n_prompt: int | None) -> dict:
+def _text_tensors(processor, ids: list[int], n_prompt: int | None, labels: bool = True, answer_mask: bool = False) -> dict:
     out = {"input_ids": torch.tensor(ids)}
     if getattr(processor, "return_mm_token_type_ids", False): out["mm_token_type_ids"] = (out["input_ids"] == processor.image_token_id).long()
-    if n_prompt is not None: out["labels"] = out["input_ids"].clone(); out["labels"][:n_prompt] = -100
+    if labels and n_prompt is not None: out["labels"] = out["input_ids"].clone(); out["labels"][:n_prompt] = -100
+    if answer_mask: out["answer_mask"] = (torch.arange(len(ids)) >= n_prompt).long()
     return out
 
 def _expand(text: str, it: str, ns: Sequence[int]) -> str:
@@ -294,6 +295,7 @@ def _expand(text: str, it: str, ns: Sequence[int]) -> str:
 def encode_texts(processor, examples: Sequence[tuple], # (question, answer) or (question, answer, system) per example
                  n_image_tokens: Sequence[int | Sequence[int]], # each example's image placeholder length(s) (from `encode_images`), one per image
                  labels: bool = False,          # mask the prompt with -100 and return `labels` (for the language-model loss)
+                 answer_mask: bool = False,     # return `answer_mask`: 1 from the answer's first token to the row's end (for pooling over the answer)
                 ) -> list[dict]:
     "The text tensors (1-D) of many examples, their image placeholders expanded as the processor does."
     tok, it, SENT = processor.tokenizer, processor.image_token, "\x00ANSWER\x00"
@@ -304,8 +306,8 @@ def encode_texts(processor, examples: Sequence[tuple], # (question, answer) or (
         return _expand(parts[k][0], it, ns) + a + parts[k][1] if a is not None else _expand(chat_text(processor, q, None, len(ns), s), it, ns)
     ex = [(e[0], e[1], e[2] if len(e) > 2 else None) for e in examples]
     full = tok([text(q, a, s, n) for (q, a, s), n in zip(ex, n_image_tokens)])["input_ids"]
-    prompt = tok([text(q, None, s, n) for (q, _, s), n in zip(ex, n_image_tokens)])["input_ids"] if labels else [None] * len(full)
-    return [_text_tensors(processor, ids, len(p) if p is not None else None) for ids, p in zip(full, prompt)]
+    prompt = tok([text(q, None, s, n) for (q, _, s), n in zip(ex, n_image_tokens)])["input_ids"] if labels or answer_mask else [None] * len(full)
+    return [_text_tensors(processor, ids, len(p) if p is not None else None, labels, answer_mask) for ids, p in zip(full, prompt)]
 
 def encode_text(processor, question: str, answer: str | None,
                 n_image_tokens: int,  # from `encode_image` of this example's image

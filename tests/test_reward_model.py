@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rm_fixtures import ROOT, _env, make_base, run_py
-from dt2it_mrm.reward_model import (BLANK, FUSIONS, PairData, RMConfig, blank_tensors, bt_loss, build_reward_model,
+from dt2it_mrm.reward_model import (BLANK, FUSIONS, PairData, pair_items, RMConfig, blank_tensors, bt_loss, build_reward_model,
                                     features_by_key, fit, load_reward_model, member_paths, pair_loss, rewards,
                                     train_ensemble, train_reward_model, trainable)
 from dt2it_mrm.vlm import FAMILIES, load_processor, quantized_modules
@@ -167,6 +167,36 @@ def test_every_fusion_variant_learns_the_training_pairs(fusion, base, pairs):
     assert after < before, (fusion, before, after)
 
 
+def test_answer_pooling_scores_every_answer_token_and_nothing_of_the_prompt(base, pairs):
+    "The sum pool is the head's score of each token from the answer's first one to the row's end, summed (by hand); mean divides by their count."
+    from dt2it_mrm.vlm import encode_texts, with_features
+    rm = build_reward_model(base, RMConfig(quant="none", lora_r=4, pool="sum", seed=0))
+    with torch.no_grad():
+        for n, p in trainable(rm).items(): p.normal_(0, 0.05)
+    proc, data = _data(base, pairs[:4]); feats = _feats(rm, proc, data)
+    got = rewards(rm, data, feats)
+    lab = encode_texts(proc, [(t["question"], t["answer"]) for t in pair_items(pairs[:4])], [data.ntok[k] for k in data.keys], labels=True)
+    for i, t in enumerate(data.texts):
+        assert torch.equal(t["answer_mask"].bool(), lab[i]["labels"] != -100)  # the mask starts where the language-model labels start
+        b = data.batch([i]); b.pop("answer_mask")
+        with torch.no_grad(): h = rm.backbone()(**with_features(b, [feats[data.keys[i]]]), use_cache=False).last_hidden_state[0]
+        n_prompt = int((lab[i]["labels"] == -100).sum()); tok = h[n_prompt:] @ rm.head.weight[0]
+        assert 0 < n_prompt < len(h) and got[i] == pytest.approx(tok.sum().item(), abs=1e-5)
+    rm.cfg.pool = "mean"
+    n_ans = np.array([int(t["answer_mask"].sum()) for t in data.texts])
+    np.testing.assert_allclose(rewards(rm, data, feats), got / n_ans, atol=1e-6)
+
+
+def test_answer_pooling_trains_and_needs_a_token_head(base, pairs):
+    cfg = RMConfig(pool="sum", lora_r=4, epochs=10, batch_size=8, lr=5e-3, warmup=2, seed=0)
+    rm = build_reward_model(base, cfg); proc, data = _data(base, pairs[:8]); feats = _feats(rm, proc, data)
+    with torch.no_grad(): before = pair_loss(rm.eval(), data, feats, list(range(8)), cfg).item()
+    fit(rm, data, cfg, progress=False)
+    with torch.no_grad(): after = pair_loss(rm.eval(), data, feats, list(range(8)), cfg).item()
+    assert after < before - 0.1
+    with pytest.raises(ValueError, match="pool 'sum' needs fusion early or contrastive"): RMConfig(pool="sum", fusion="late")
+
+
 def test_gradient_accumulation_and_checkpointing_train_the_same_weights(base, pairs):
     def run(**kw):
         cfg = RMConfig(lora_r=4, epochs=1, batch_size=8, lr=5e-3, warmup=1, **kw)
@@ -320,7 +350,7 @@ def test_single_image_pairs_encode_bit_for_bit_as_before(base, qwen_base, pairs)
     def digest(d):
         h = hashlib.sha256()
         for t in d.texts:
-            for k in sorted(t): h.update(k.encode()); h.update(t[k].numpy().tobytes())
+            for k in sorted(set(t) - {"answer_mask"}): h.update(k.encode()); h.update(t[k].numpy().tobytes())  # the answer mask came later (tested apart)
         for k in sorted(d.images, key=lambda k: Path(k).name):
             for n in sorted(d.images[k]): h.update(n.encode()); h.update(d.images[k][n].numpy().tobytes())
         return h.hexdigest()[:16]

@@ -44,6 +44,18 @@ def test_batched_scores_match_the_one_at_a_time_loop(rm_path, pairs):
     np.testing.assert_allclose(sc(items), naive_scores(sc.models[0], items), atol=1e-5)
 
 
+@pytest.mark.parametrize("pool", ["sum", "mean"])
+def test_answer_pooled_scores_match_the_one_at_a_time_loop(pool, base, pairs):
+    import torch
+    rm = build_reward_model(base, RMConfig(lora_r=4, pool=pool, seed=0))
+    with torch.no_grad():
+        for n, p in trainable(rm).items(): p.normal_(0, 0.05)
+    items = pair_items(pairs[:6]) + [{**pair_items(pairs[:1])[0], "image": None}]
+    got = RewardScorer(rm, batch_size=4)(items)
+    np.testing.assert_allclose(got, naive_scores(rm, items), atol=1e-5)  # the loop finds the answer's first token by itself
+    assert np.unique(got).size > 4
+
+
 @pytest.mark.parametrize("quant", ["4bit", "none", "8bit"])
 def test_dense_scoring_gives_the_same_scores_and_leaves_the_model_trainable(quant, qwen_base, pairs):
     import torch

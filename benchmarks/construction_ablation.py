@@ -9,8 +9,9 @@ trained with the study's `train.rm` settings (one member, seed `base.seed`) and 
 variant: accuracy with a 95% interval (bootstrap over worlds, then pairs), the paired difference to `labels_only` and
 to the study's `baseline` arm (its stored per-pair scores), the reward–length Spearman correlation on the primary set
 (as `evaluate` measures it), the ESS share and the label accuracy (plain, weighted, and the mass the soft labels put on
-the truly better answer) from `reports/construct/<world>/construct.json`. The variant with the best mean dev accuracy
-is marked; the test columns play no part in that choice.
+the truly better answer) from `reports/construct/<world>/construct.json`. The choice, made on dev only: the best mean
+dev accuracy among the variants whose reward-length Spearman on dev is within ±`--max-length-rho` (0.1); the test
+columns play no part in it.
 
     .venv/bin/python benchmarks/construction_ablation.py [--worlds 0 1 2] [--variants labels_only poe ...] [--workers 2]
 
@@ -49,8 +50,15 @@ def job(variant: str, world: str, seed: int, rm: dict, train_path: str, sets: di
         for name, path in sets.items():
             recs = read_pairs(path.format(world=world))
             out["margins"][name] = pair_margins(recs, sc).tolist()
-            if name == "test_neutral": out |= length_correlation(recs, sc)
+            rho = length_correlation(recs, sc)
+            out |= rho if name == "test_neutral" else {f"{name}_{k}": v for k, v in rho.items()}
     return out
+
+
+def choose(rows: dict, max_rho: float) -> str:
+    "The variant with the best mean dev accuracy among those with |dev length ρ| ≤ `max_rho`; if there is none, the one with the smallest |dev length ρ|."
+    ok = [v for v, r in rows.items() if abs(r["dev_length_spearman"]) <= max_rho]
+    return max(ok, key=lambda v: rows[v]["dev"]["estimate"]) if ok else min(rows, key=lambda v: abs(rows[v]["dev_length_spearman"]))
 
 
 def main():
@@ -62,6 +70,7 @@ def main():
     ap.add_argument("--variants", nargs="+", default=list(params["construct"]["ablation"]))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="reports/bench/construction_ablation")
+    ap.add_argument("--max-length-rho", type=float, default=0.1, help="the choice: best dev accuracy among variants whose |dev reward-length Spearman| is at most this")
     ap.add_argument("--reuse", action="store_true", help="keep the runs of --out's JSON whose training file is byte-identical (same sha256); train the rest")
     a = ap.parse_args(); os.chdir(ROOT)
     if "labels_only" not in a.variants: a.variants = ["labels_only", *a.variants]
@@ -72,7 +81,8 @@ def main():
     old = {}
     if a.reuse and Path(a.out + ".json").exists():
         old = {(r["variant"], r["world"]): r for r in json.loads(Path(a.out + ".json").read_text())["runs"]
-               if r.get("file_sha256") == file_sha(Path(cdir) / r["world"] / "ablation" / f"{r['variant']}.jsonl") and r.get("seed") == seed}
+               if r.get("file_sha256") == file_sha(Path(cdir) / r["world"] / "ablation" / f"{r['variant']}.jsonl") and r.get("seed") == seed
+               and "dev_length_spearman" in r}
     todo = [(v, w) for v in a.variants for w in worlds if (v, w) not in old]
     print(f"{len(old)} runs reused, {len(todo)} to train")
     with ProcessPoolExecutor(a.workers) as ex:
@@ -93,24 +103,26 @@ def main():
                    "vs_baseline": paired_bootstrap(test, diff_of_means("v", "base"), seed=0),
                    "length_spearman": float(np.mean([by[v, w]["length_spearman"] for w in worlds])),
                    "length_spearman_per_world": [by[v, w]["length_spearman"] for w in worlds],
+                   "dev_length_spearman": float(np.mean([by[v, w]["dev_length_spearman"] for w in worlds])),
                    "ess_share": float(np.mean([x["ess_share"] for x in ab])), "pairs": float(np.mean([x["pairs"] for x in ab])),
                    "labels_right": float(np.mean([x["constructed"] for x in ab])),
                    "labels_right_weighted": float(np.mean([x["constructed_weighted"] for x in ab])),
                    "soft_mass_right_weighted": float(np.mean([x["constructed_soft_weighted"] for x in ab])),
                    "counterfactual_pairs_right": (float(np.mean([x["counterfactual_pairs_right"] for x in ab])) if ab[0].get("counterfactual_pairs_right") is not None else None),
                    "change": ab[0]["change"], "train_s": float(np.mean([by[v, w]["train_s"] for w in worlds]))}
-    best = max(rows, key=lambda v: rows[v]["dev"]["estimate"])
-    write_json(Path(a.out + ".json"), {"worlds": worlds, "variants": rows, "chosen_on_dev": best, "runs": runs})
+    best = choose(rows, a.max_length_rho)
+    write_json(Path(a.out + ".json"), {"worlds": worlds, "variants": rows, "chosen_on_dev": best, "max_length_rho": a.max_length_rho, "runs": runs})
     f = lambda x: "–" if x is None else f"{x:.3f}"
     md = ["# Construction ablation", "", f"One reward model per variant and world ({', '.join(worlds)}; `train.rm` settings, seed {seed}); 95% intervals from a "
           "bootstrap over worlds, then pairs. The choice is made on `dev`; `test_neutral` (the primary set) is only reported. Differences are in points, "
-          "paired on the same test pairs; `baseline` is the study's baseline arm. Length ρ: Spearman correlation of reward and answer length on the primary set. "
+          "paired on the same test pairs; `baseline` is the study's baseline arm. Length ρ: Spearman correlation of reward and answer length over the unique "
+          f"answers of a set. The choice: the best dev accuracy among the variants whose |dev length ρ| ≤ {a.max_length_rho} (if none, the smallest |dev length ρ|). "
           "Labels right: share of the training pairs whose label is right (measured against the world), weighted by the pair weights; soft: the share of "
           "the weighted soft-label mass on the truly better answer.", "",
-          "| variant | dev accuracy | test_neutral accuracy | vs labels_only, points | vs baseline, points | length ρ | ESS share | labels right | weighted | soft, weighted | pairs | train s |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "| variant | dev accuracy | dev length ρ | test_neutral accuracy | vs labels_only, points | vs baseline, points | length ρ | ESS share | labels right | weighted | soft, weighted | pairs | train s |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v, r in rows.items():
-        md.append(f"| {v}{' (chosen on dev)' if v == best else ''} | {interval_str(r['dev'])} | {interval_str(r['test_neutral'])} | {interval_str(r['vs_labels_only'], 100, 1)} | "
+        md.append(f"| {v}{' (chosen on dev)' if v == best else ''} | {interval_str(r['dev'])} | {r['dev_length_spearman']:+.3f} | {interval_str(r['test_neutral'])} | {interval_str(r['vs_labels_only'], 100, 1)} | "
                   f"{interval_str(r['vs_baseline'], 100, 1)} | {r['length_spearman']:+.3f} | {r['ess_share']:.3f} | {f(r['labels_right'])} | {f(r['labels_right_weighted'])} | "
                   f"{f(r['soft_mass_right_weighted'])} | {r['pairs']:.0f} | {r['train_s']:.0f} |")
     md += ["", "Variants (overrides of `construct`): " + "; ".join(f"`{v}`: {json.dumps(r['change'])}" for v, r in rows.items()),

@@ -17,7 +17,7 @@ from .resample import PROPENSITY_SCHEMA, compute_weights, propensity_weights, re
 
 # %% auto #0
 __all__ = ['LABEL_MODES', 'VOTE_MODES', 'JUDGE_ORDERS', 'LABEL_SCHEMA', 'POE_MODELS', 'DEBIAS_SCHEMA', 'judge_queue',
-           'construct_labels', 'label_shortcut', 'construct_weights', 'nuisance_margins', 'debias']
+           'construct_labels', 'label_text_margin', 'label_shortcut', 'construct_weights', 'nuisance_margins', 'debias']
 
 # %% ../nbs/05b_construct.ipynb #02a70443
 LABEL_MODES = ("majority", "ds", "ds_judge", "recorded", "judge")
@@ -118,11 +118,16 @@ def construct_labels(records: Sequence,            # raw pairs
     return out, np.array(out_conf, float), counts | c | {"kept": len(out)}
 
 # %% ../nbs/05b_construct.ipynb #b1b4b60a
-def label_shortcut(records: Sequence, text_margin: dict) -> np.ndarray:
+def label_text_margin(records: Sequence, text_margin: dict, # id -> the text-only model's margin on the raw label
+                      missing: float | None = None,        # the margin of an id `text_margin` lacks (None: a KeyError)
+                     ) -> np.ndarray:
+    "The text-only margin on each record's current label: its sign flipped where the pair was relabelled."
+    get = text_margin.__getitem__ if missing is None else (lambda i: text_margin.get(i, missing))
+    return np.array([get(r["id"]) * (-1 if (r.get("meta") or {}).get("relabelled") else 1) for r in as_dicts(records)], float)
+
+def label_shortcut(records: Sequence, text_margin: dict, missing: float | None = None) -> np.ndarray:
     "σ(text-only margin) for each record's current label; `text_margin` maps id -> margin on the raw label."
-    recs = as_dicts(records)
-    m = np.array([text_margin[r["id"]] * (-1 if (r.get("meta") or {}).get("relabelled") else 1) for r in recs], float)
-    return 1 / (1 + np.exp(-m))
+    return 1 / (1 + np.exp(-label_text_margin(records, text_margin, missing)))
 
 def _uses(strategies, name: str) -> bool:
     "Whether the strategy `name` is switched on in a strategies dict or list."
@@ -195,14 +200,13 @@ def debias(records: Sequence,            # labelled pairs (`meta.label_confidenc
     if weighting == "propensity":
         w, soft, rep["propensity"] = propensity_weights(recs, conf, **({"phrases": list(phrases)} | check_settings(propensity or {}, PROPENSITY_SCHEMA, "construct.propensity")))
     elif weighting == "strategies":
-        m = np.array([text_margin.get(r["id"], 0.0) * (-1 if r["meta"].get("relabelled") else 1) for r in recs])
-        w = compute_weights(recs, strategies, shortcut=1 / (1 + np.exp(-m)), posterior=conf, clip=clip)
+        w = compute_weights(recs, strategies, shortcut=label_shortcut(recs, text_margin, 0.0), posterior=conf, clip=clip)
     else: w = np.ones(len(recs))
     for r, x, p in zip(recs, w, soft):
         r["weight"] = float(x)
         if soft_labels: r["meta"]["soft_label"] = float(p)
     if poe == "nuisance": nm = nuisance_margins(recs, phrases, seed=seed)
-    elif poe == "text": nm = np.array([text_margin.get(r["id"], 0.0) * (-1 if r["meta"].get("relabelled") else 1) for r in recs])  # 0 for new pairs
+    elif poe == "text": nm = label_text_margin(recs, text_margin, 0.0)  # 0 for new pairs
     if poe:
         for r, x in zip(recs, nm): r["meta"]["nuisance_margin"] = float(poe_scale * x)
         rep["nuisance_margin"] = {"mean_abs": float(np.abs(poe_scale * nm).mean()), "agrees_with_label": float((nm > 0).mean())}

@@ -1,0 +1,137 @@
+"""How far the reward model gets on gold labels, and what moves it: directions for a stronger oracle, each measured on
+the neutral dev split of every replicate world (where the choice is made); the primary set `test_neutral` is only
+reported.
+
+Directions:
+- the base's language-model head as a zero-shot reward (no training): the answer's log-likelihood given the image and
+  question, and its visual pointwise mutual information, the same minus its log-likelihood given a blank image (which
+  cancels what the text alone predicts: style, length, tell phrases);
+- the value head reading the answer instead of the last token (`train.rm.pool`): every answer token scored by the head
+  and summed (an error is a local event in the answer, and a sum counts them) or averaged;
+- more epochs (the sweep in `reports/bench/oracle_sweep.md` found the last-token head under-trained).
+
+Each trained row is one reward model per world on `train_oracle.jsonl` with the study's `train.rm` settings plus the
+row's overrides (seed `base.seed`). Accuracies carry 95% intervals from a bootstrap over worlds, then pairs; the length
+column is the Spearman correlation of reward and answer length over the unique answers of `test_neutral`; `train s` is
+the mean wall time of one training here, so its ratio to `last` is the cost of a row.
+
+    .venv/bin/python benchmarks/oracle_dev.py [--worlds 0 1 2] [--variants last sum ...] [--workers 2]
+
+Writes reports/bench/oracle_dev.json and .md.
+"""
+import argparse, json, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
+from construction_ablation import job  # noqa: E402
+
+VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its pooling, whatever the study's default)
+    "last": {"pool": "last"},
+    "mean": {"pool": "mean"},
+    "sum": {"pool": "sum"},
+    "last_epochs6": {"pool": "last", "epochs": 6},
+    "sum_epochs6": {"pool": "sum", "epochs": 6},
+}
+ZERO_SHOT = ("lm_logp", "lm_pmi")  # the base's language-model head, untrained
+
+
+def answer_logps(model, processor, items: list[tuple], image_of, batch_size: int = 64) -> np.ndarray:
+    "Summed log-probability of each (image path, question, answer) item's answer tokens, its image given by `image_of(path)`."
+    import torch
+    from dt2it_mrm.vlm import collate, encode_texts
+    texts = encode_texts(processor, [(q, a) for _, q, a in items], [image_of(p)[1] for p, _, _ in items], labels=True)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(items), batch_size):
+            b = collate(texts[i:i + batch_size], [image_of(p)[0] for p, _, _ in items[i:i + batch_size]], processor.tokenizer.pad_token_id)
+            y = b.pop("labels")[:, 1:]; lp = model(**b).logits[:, :-1].float().log_softmax(-1)
+            out.append((lp.gather(-1, y.clamp(min=0)[..., None])[..., 0] * (y != -100)).sum(1))
+    return torch.cat(out).numpy()
+
+
+def zero_shot(world: str, base: str, sets: dict) -> dict:
+    "Per set, the pair margins of the base's answer log-likelihood and of its visual PMI (no training), and their length correlations on the primary set."
+    import torch; torch.set_num_threads(1)
+    from common import read_pairs
+    from dt2it_mrm.core import set_offline
+    from dt2it_mrm.data import load_image
+    from dt2it_mrm.evaluate import _corr
+    from dt2it_mrm.vlm import blank_image, encode_images, load_base, load_processor
+    set_offline()
+    model, proc = load_base(base, quant="none"), load_processor(base)
+    out = {v: {"variant": v, "world": world, "margins": {}} for v in ZERO_SHOT}
+    for name, path in sets.items():
+        recs = read_pairs(path.format(world=world))
+        paths = list(dict.fromkeys(r["images"][0] for r in recs))
+        enc = dict(zip(paths, encode_images(proc, [load_image(p) for p in paths]))); blank = encode_images(proc, [blank_image()])[0]
+        items = [(r["images"][0], r["question"], r[k]) for k in ("chosen", "rejected") for r in recs]
+        lp = answer_logps(model, proc, items, enc.__getitem__); lp_blank = answer_logps(model, proc, items, lambda p: blank)
+        n = len(recs)
+        for v, s in (("lm_logp", lp), ("lm_pmi", lp - lp_blank)):
+            out[v]["margins"][name] = (s[:n] - s[n:]).tolist()
+            if name == "test_neutral":
+                uniq = {(p, q, a): x for (p, q, a), x in zip(items, s)}
+                out[v]["length_spearman"] = _corr(np.array(list(uniq.values())), np.array([len(a) for _, _, a in uniq], dtype=float))[0]
+    return out
+
+
+def main():
+    from dt2it_mrm.core import atomic_write, load_params, write_json, world_name
+    from dt2it_mrm.stats import diff_of_means, interval_str, mean_of, paired_bootstrap
+    params = load_params(ROOT / "params.yaml")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worlds", nargs="+", type=int, default=params["base"]["worlds"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default="reports/bench/oracle_dev")
+    ap.add_argument("--from-json", action="store_true", help="re-tabulate the runs of --out's JSON instead of training")
+    a = ap.parse_args(); os.chdir(ROOT)
+    if "last" not in a.variants: a.variants = ["last", *a.variants]
+    worlds = [world_name(w) for w in a.worlds]
+    sets = {"dev": params["data"]["dev"], "test_neutral": params["data"]["test_sets"]["test_neutral"]}
+    rm, seed, base = params["train"]["rm"], params["base"]["seed"], params["base"]["model"]
+    train = str(Path(params["generate"]["out_dir"]) / "train_oracle.jsonl")
+    t0 = time.perf_counter()
+    if a.from_json: runs = {tuple(r["key"]): r for r in json.loads(Path(a.out + ".json").read_text())["runs"]}
+    else:
+        with ProcessPoolExecutor(a.workers) as ex:
+            futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], train.format(world=w), sets, base) for v in a.variants for w in worlds}
+            zs = {w: ex.submit(zero_shot, w, base, sets) for w in worlds}
+            runs = {k: f.result() for k, f in futs.items()}
+            runs |= {(v, w): r for w, f in zs.items() for v, r in f.result().items()}
+        write_json(Path(a.out + ".json"), {"runs": [r | {"key": list(k)} for k, r in runs.items()]})  # kept before any tabulating
+    correct = lambda m: (np.asarray(m) > 0).astype(float)
+    rows = {}
+    for v in [*ZERO_SHOT, *a.variants]:
+        dev = [{"v": correct(runs[v, w]["margins"]["dev"]), "last": correct(runs["last", w]["margins"]["dev"])} for w in worlds]
+        test = [{"v": correct(runs[v, w]["margins"]["test_neutral"])} for w in worlds]
+        rows[v] = {"dev": paired_bootstrap(dev, mean_of("v"), seed=0), "test_neutral": paired_bootstrap(test, mean_of("v"), seed=0),
+                   "dev_vs_last": paired_bootstrap(dev, diff_of_means("v", "last"), seed=0),
+                   "length_spearman": float(np.mean([runs[v, w]["length_spearman"] for w in worlds])),
+                   "train_s": float(np.mean([runs[v, w]["train_s"] for w in worlds])) if v in VARIANTS else None,
+                   "change": VARIANTS.get(v)}
+    best = max(a.variants, key=lambda v: rows[v]["dev"]["estimate"])
+    write_json(Path(a.out + ".json"), {"worlds": worlds, "seed": seed, "rm": rm, "variants": rows, "chosen_on_dev": best,
+                                       "wall_s": round(time.perf_counter() - t0), "runs": [r | {"key": list(k)} for k, r in runs.items()]})
+    md = ["# Oracle directions on dev", "",
+          f"Gold labels (`train_oracle.jsonl`), worlds {', '.join(worlds)}, one model per world and row (`train.rm` plus the row's change, seed {seed}); "
+          "95% intervals from a bootstrap over worlds, then pairs. The choice is the trained row with the best dev accuracy; `test_neutral` (the primary "
+          "set) is only reported. `lm_*` rows use the base's language-model head untrained. Length ρ: Spearman of reward and answer length over the "
+          "unique answers of `test_neutral`. Train s: mean wall time of one training in this run.", "",
+          "| direction | change of train.rm | dev accuracy | dev, points vs last | test_neutral accuracy | length ρ | train s |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+    for v, r in rows.items():
+        secs = "–" if r["train_s"] is None else f"{r['train_s']:.0f}"
+        md.append(f"| {v}{' (chosen on dev)' if v == best else ''} | {json.dumps(r['change']) if r['change'] else '(zero-shot)'} | {interval_str(r['dev'])} | "
+                  f"{interval_str(r['dev_vs_last'], 100, 1)} | {interval_str(r['test_neutral'])} | {r['length_spearman']:+.3f} | {secs} |")
+    md += ["", "    .venv/bin/python benchmarks/oracle_dev.py " + " ".join(sys.argv[1:])]
+    atomic_write(Path(a.out + ".md"), "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

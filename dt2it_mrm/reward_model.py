@@ -550,7 +550,7 @@ def base_fingerprint(base: str | Path) -> str:
     proc = [(n, hashlib.sha256((b / n).read_bytes()).hexdigest()) for n in PROCESSOR_FILES if (b / n).is_file()]
     return stable_hash((b / "config.json").read_text(encoding="utf-8"), files, proc)
 
-_NEW_SETTINGS = {"compute_dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None, "max_length": None}  # settings added after models were fingerprinted, with their defaults
+_NEW_SETTINGS = {"compute_dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None, "max_length": None, "pool": "last"}  # settings added after models were fingerprinted, with their defaults
 
 def model_fingerprint(rm: "RewardModel") -> str:
     "The identity of a reward model's scores: its base (`base_fingerprint`), its config, and the bytes of every adapter and head weight."

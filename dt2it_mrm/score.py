@@ -174,6 +174,7 @@ def naive_scores(rm: RewardModel, items: Sequence[dict], processor=None, image_r
     blank = blank_image(rm.cfg.blank_size)
     def inputs(imgs, q, a, s):
         b = processor(text=[chat_text(processor, q, a, len(imgs), s)], images=list(imgs), return_tensors="pt")
+        if rm.cfg.pool == "last": return dict(b), split_images(b, len(imgs))
         n_prompt = processor(text=[chat_text(processor, q, None, len(imgs), s)], images=list(imgs), return_tensors="pt")["input_ids"].shape[1]
         return dict(b) | {"answer_mask": (torch.arange(b["input_ids"].shape[1]) >= n_prompt).long()[None]}, split_images(b, len(imgs))
     for it in items:

@@ -59,7 +59,7 @@ def zero_shot(world: str, base: str, sets: dict) -> dict:
     from common import read_pairs
     from dt2it_mrm.core import set_offline
     from dt2it_mrm.data import load_image
-    from dt2it_mrm.evaluate import _corr
+    from dt2it_mrm.evaluate import length_correlation
     from dt2it_mrm.vlm import blank_image, encode_images, load_base, load_processor
     set_offline()
     model, proc = load_base(base, quant="none"), load_processor(base)
@@ -74,8 +74,9 @@ def zero_shot(world: str, base: str, sets: dict) -> dict:
         for v, s in (("lm_logp", lp), ("lm_pmi", lp - lp_blank)):
             out[v]["margins"][name] = (s[:n] - s[n:]).tolist()
             if name == "test_neutral":
-                uniq = {(p, q, a): x for (p, q, a), x in zip(items, s)}
-                out[v]["length_spearman"] = _corr(np.array(list(uniq.values())), np.array([len(a) for _, _, a in uniq], dtype=float))[0]
+                by_item = dict(zip(items, s))  # a scorer over the scores just computed (one image per record here)
+                scorer = lambda its: np.array([by_item[it["image"], it["question"], it["answer"]] for it in its])
+                out[v] |= length_correlation(recs, scorer)
     return out
 
 

@@ -71,7 +71,7 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="reports/bench/construction_ablation")
     ap.add_argument("--max-length-rho", type=float, default=0.1, help="the choice: best dev accuracy among variants whose |dev reward-length Spearman| is at most this")
-    ap.add_argument("--reuse", action="store_true", help="keep the runs of --out's JSON whose training file is byte-identical (same sha256); train the rest")
+    ap.add_argument("--reuse", action="store_true", help="keep the runs of --out's JSON whose training file is byte-identical (same sha256) and whose train.rm is the same; train the rest")
     a = ap.parse_args(); os.chdir(ROOT)
     if "labels_only" not in a.variants: a.variants = ["labels_only", *a.variants]
     worlds = [world_name(w) for w in a.worlds]
@@ -81,13 +81,13 @@ def main():
     old = {}
     if a.reuse and Path(a.out + ".json").exists():
         old = {(r["variant"], r["world"]): r for r in json.loads(Path(a.out + ".json").read_text())["runs"]
-               if r.get("file_sha256") == file_sha(Path(cdir) / r["world"] / "ablation" / f"{r['variant']}.jsonl") and r.get("seed") == seed
+               if r.get("file_sha256") == file_sha(Path(cdir) / r["world"] / "ablation" / f"{r['variant']}.jsonl") and r.get("seed") == seed and r.get("rm") == rm
                and "dev_length_spearman" in r}
     todo = [(v, w) for v in a.variants for w in worlds if (v, w) not in old]
     print(f"{len(old)} runs reused, {len(todo)} to train")
     with ProcessPoolExecutor(a.workers) as ex:
         futs = {k: ex.submit(job, *k, seed, rm, str(Path(cdir) / k[1] / "ablation" / f"{k[0]}.jsonl"), sets) for k in todo}
-        runs = [old[k] if k in old else futs[k].result() | {"seed": seed} for k in ((v, w) for v in a.variants for w in worlds)]
+        runs = [old[k] if k in old else futs[k].result() | {"seed": seed, "rm": rm} for k in ((v, w) for v in a.variants for w in worlds)]
     by = {(r["variant"], r["world"]): r for r in runs}
     base_m = {w: json.loads(Path(f"data/eval/baseline/{w}.json").read_text())["sets"]["test_neutral"]["margin"] for w in worlds}
     cons = {w: json.loads((Path(params["construct"]["report_dir"].format(world=w)) / "construct.json").read_text()) for w in worlds}

@@ -8,14 +8,19 @@ Directions:
   cancels what the text alone predicts: style, length, tell phrases);
 - the value head reading the answer instead of the last token (`train.rm.pool`): every answer token scored by the head
   and summed (an error is a local event in the answer, and a sum counts them) or averaged;
-- more epochs (the sweep in `reports/bench/oracle_sweep.md` found the last-token head under-trained).
+- more epochs (the sweep in `reports/bench/oracle_sweep.md` found the last-token head under-trained);
+- a head that can only penalise (`pool: penalty`: minus the summed softplus of the token scores, so a longer answer
+  cannot gain by its length);
+- reward centering (`train.rm.center`): Bradley–Terry sees only the difference of a pair's rewards, so each prompt's
+  offset is free, and a summed head fills it with the answer's length; a penalty on the squared mean of each pair's
+  rewards pins it, and the reward-length correlation across prompts goes with it.
 
 Each trained row is one reward model per world on `train_oracle.jsonl` with the study's `train.rm` settings plus the
 row's overrides (seed `base.seed`). Accuracies carry 95% intervals from a bootstrap over worlds, then pairs; the length
 column is the Spearman correlation of reward and answer length over the unique answers of `test_neutral`; `train s` is
 the mean wall time of one training here, so its ratio to `last` is the cost of a row.
 
-    .venv/bin/python benchmarks/oracle_dev.py [--worlds 0 1 2] [--variants last sum ...] [--workers 2]
+    .venv/bin/python benchmarks/oracle_dev.py [--worlds 0 1 2] [--variants last sum ...] [--workers 2] [--reuse]
 
 Writes reports/bench/oracle_dev.json and .md.
 """
@@ -27,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
-from construction_ablation import job  # noqa: E402
+from construction_ablation import choose, job  # noqa: E402
 
 VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its pooling, whatever the study's default)
     "last": {"pool": "last"},
@@ -35,6 +40,9 @@ VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its p
     "sum": {"pool": "sum"},
     "last_epochs6": {"pool": "last", "epochs": 6},
     "sum_epochs6": {"pool": "sum", "epochs": 6},
+    "penalty": {"pool": "penalty"},
+    "sum_center0.01": {"pool": "sum", "center": 0.01},
+    "sum_center0.1": {"pool": "sum", "center": 0.1},
 }
 ZERO_SHOT = ("lm_logp", "lm_pmi")  # the base's language-model head, untrained
 
@@ -90,6 +98,8 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="reports/bench/oracle_dev")
     ap.add_argument("--from-json", action="store_true", help="re-tabulate the runs of --out's JSON instead of training")
+    ap.add_argument("--max-length-rho", type=float, default=0.1, help="the choice: best dev accuracy among rows whose |dev reward-length Spearman| is at most this")
+    ap.add_argument("--reuse", action="store_true", help="keep the runs of --out's JSON and train only the (row, world) pairs it lacks")
     a = ap.parse_args(); os.chdir(ROOT)
     if "last" not in a.variants: a.variants = ["last", *a.variants]
     worlds = [world_name(w) for w in a.worlds]
@@ -101,10 +111,12 @@ def main():
     if a.from_json:
         old = json.loads(Path(a.out + ".json").read_text()); runs = {tuple(r["key"]): r for r in old["runs"]}; cmd = old.get("command", cmd)
     else:
+        kept = {tuple(r["key"]): r for r in json.loads(Path(a.out + ".json").read_text())["runs"]} if a.reuse else {}
         with ProcessPoolExecutor(a.workers) as ex:
-            futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], train.format(world=w), sets, base) for v in a.variants for w in worlds}
-            zs = {w: ex.submit(zero_shot, w, base, sets) for w in worlds}
-            runs = {k: f.result() for k, f in futs.items()}
+            futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], train.format(world=w), sets, base)
+                    for v in a.variants for w in worlds if (v, w) not in kept}
+            zs = {w: ex.submit(zero_shot, w, base, sets) for w in worlds if any((z, w) not in kept for z in ZERO_SHOT)}
+            runs = kept | {k: f.result() for k, f in futs.items()}
             runs |= {(v, w): r for w, f in zs.items() for v, r in f.result().items()}
         write_json(Path(a.out + ".json"), {"command": cmd, "runs": [r | {"key": list(k)} for k, r in runs.items()]})  # kept before any tabulating
     correct = lambda m: (np.asarray(m) > 0).astype(float)
@@ -115,24 +127,27 @@ def main():
         rows[v] = {"dev": paired_bootstrap(dev, mean_of("v"), seed=0), "test_neutral": paired_bootstrap(test, mean_of("v"), seed=0),
                    "dev_vs_last": paired_bootstrap(dev, diff_of_means("v", "last"), seed=0),
                    "length_spearman": float(np.mean([runs[v, w]["length_spearman"] for w in worlds])),
+                   "dev_length_spearman": float(np.mean([runs[v, w]["dev_length_spearman"] for w in worlds])) if v in VARIANTS else None,
                    "train_s": float(np.mean([runs[v, w]["train_s"] for w in worlds])) if v in VARIANTS else None,
                    "change": VARIANTS.get(v)}
-    best = max(a.variants, key=lambda v: rows[v]["dev"]["estimate"])
+    best = choose({v: rows[v] for v in a.variants}, a.max_length_rho)
     write_json(Path(a.out + ".json"), {"command": cmd, "worlds": worlds, "seed": seed, "rm": rm, "variants": rows, "chosen_on_dev": best,
                                        "wall_s": round(time.perf_counter() - t0), "runs": [r | {"key": list(k)} for k, r in runs.items()]})
     md = ["# Oracle directions on dev", "",
           f"Gold labels (`train_oracle.jsonl`), worlds {', '.join(worlds)}, one model per world and row (`train.rm` plus the row's change, seed {seed}); "
           "95% intervals from a bootstrap over worlds, then pairs. The choice is the trained row with the best dev accuracy; `test_neutral` (the primary "
           "set) is only reported. `lm_*` rows use the base's language-model head untrained. Length ρ: Spearman of reward and answer length over the "
-          "unique answers of `test_neutral`. Train s: mean wall time of one training in this run.", "",
-          "| direction | change of train.rm | dev accuracy | dev, points vs last | test_neutral accuracy | length ρ | train s |",
-          "| --- | --- | --- | --- | --- | --- | --- |"]
+          "unique answers of a set. The choice, as in the construction ablation: the best dev accuracy among the trained rows whose |dev length ρ| ≤ "
+          f"{a.max_length_rho} (if none, the smallest |dev length ρ|). Train s: mean wall time of one training in the run that trained the row.", "",
+          "| direction | change of train.rm | dev accuracy | dev, points vs last | dev length ρ | test_neutral accuracy | length ρ | train s |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v, r in rows.items():
         secs = "–" if r["train_s"] is None else f"{r['train_s']:.0f}"
+        dev_rho = "–" if r["dev_length_spearman"] is None else f"{r['dev_length_spearman']:+.3f}"
         md.append(f"| {v}{' (chosen on dev)' if v == best else ''} | {json.dumps(r['change']) if r['change'] else '(zero-shot)'} | {interval_str(r['dev'])} | "
-                  f"{interval_str(r['dev_vs_last'], 100, 1)} | {interval_str(r['test_neutral'])} | {r['length_spearman']:+.3f} | {secs} |")
-    md += ["", "The study takes `pool: sum` at the study's epochs (`train.rm.epochs`): more epochs multiply the cost of every training, which the "
-           "study's time budget does not allow.", "", cmd]
+                  f"{interval_str(r['dev_vs_last'], 100, 1)} | {dev_rho} | {interval_str(r['test_neutral'])} | {r['length_spearman']:+.3f} | {secs} |")
+    md += ["", f"The study's head (`train.rm`): pool `{rm['pool']}`, center {rm.get('center', 0.0)}, {rm['epochs']} epochs. Rows with more epochs "
+           "multiply the cost of every training of the study, which its time budget does not allow.", "", cmd]
     atomic_write(Path(a.out + ".md"), "\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -22,13 +22,14 @@ from .vlm import (ATTN_IMPLS, IMAGE_ONLY_KEYS, autocast, blank_image, cat_pieces
                   encode_texts, image_features, last_index, load_base, load_processor, model_device, piece_bytes, to_device, with_features)
 
 # %% auto #0
-__all__ = ['FUSIONS', 'POOLS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'MIXED_PRECISION', 'BLANK', 'HEADS_FILE',
-           'META_FILE', 'PROCESSOR_FILES', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image', 'item_images',
-           'images_field', 'ItemData', 'pair_items', 'pair_meta', 'PairData', 'CrossHead', 'pool_answer', 'RewardModel',
-           'info_nce', 'lora_config', 'text_hidden', 'place_heads', 'build_reward_model', 'trainable', 'lr_lambda',
-           'pair_order', 'FeatureCache', 'features_by_key', 'blank_tensors', 'rewards', 'pair_accuracy', 'pair_loss',
-           'default_accelerator', 'fit', 'base_fingerprint', 'model_fingerprint', 'head_state', 'save_reward_model',
-           'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths', 'members_saw']
+__all__ = ['FUSIONS', 'POOLS', 'PENALTY_BIAS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'MIXED_PRECISION', 'BLANK',
+           'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image',
+           'item_images', 'images_field', 'ItemData', 'pair_items', 'pair_meta', 'PairData', 'CrossHead', 'pool_answer',
+           'RewardModel', 'info_nce', 'lora_config', 'text_hidden', 'place_heads', 'build_reward_model', 'trainable',
+           'lr_lambda', 'pair_order', 'FeatureCache', 'features_by_key', 'blank_tensors', 'rewards', 'pair_accuracy',
+           'pair_loss', 'default_accelerator', 'fit', 'base_fingerprint', 'model_fingerprint', 'head_state',
+           'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths',
+           'members_saw']
 
 # %% ../nbs/06b_reward_model.ipynb #b9224678
 def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
@@ -48,7 +49,8 @@ def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
 
 # %% ../nbs/06b_reward_model.ipynb #03f06f06
 FUSIONS = ("early", "late", "cross", "contrastive")
-POOLS = ("last", "sum", "mean")  # how the head reads the answer: its last token, or every answer token scored and summed / averaged
+POOLS = ("last", "sum", "mean", "penalty")  # how the head reads the answer: its last token; every answer token scored and summed / averaged; or only penalised
+PENALTY_BIAS = -3.0  # the penalty head's starting bias: each token starts at softplus(-3) = 0.05 of evidence, not a length prior
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 @dataclass
@@ -64,6 +66,7 @@ class RMConfig:
     contrastive_weight: float = 0.1 # weight of the image–response InfoNCE loss (fusion `contrastive`)
     temperature: float = 0.1    # InfoNCE temperature
     margin: float = 0.0         # Bradley–Terry margin
+    center: float = 0.0         # weight of the reward-centering penalty: the squared mean of each pair's two rewards (pins the per-prompt offset BT leaves free)
     epochs: float = 3.0
     batch_size: int = 16        # pairs per optimizer step, over all processes
     grad_accum: int = 1         # micro-batches per optimizer step
@@ -100,7 +103,7 @@ class RMConfig:
 
 RM_SCHEMA = {"quant": OneOf("4bit", "8bit", "none"), "lora_r": Int(1), "lora_alpha": Num(0, lo_open=True),
              "lora_dropout": Num(0, 1, hi_open=True), "lora_targets": Check("list", item=Str()), "fusion": OneOf(*FUSIONS), "pool": OneOf(*POOLS),
-             "contrastive_weight": Num(0), "temperature": Num(0, lo_open=True), "margin": Num(0), "epochs": Num(0, lo_open=True),
+             "contrastive_weight": Num(0), "temperature": Num(0, lo_open=True), "margin": Num(0), "center": Num(0), "epochs": Num(0, lo_open=True),
              "batch_size": Int(1), "grad_accum": Int(1), "lr": Num(0, lo_open=True), "schedule": OneOf("cosine", "linear", "constant"),
              "warmup": Int(0), "weight_decay": Num(0), "max_grad_norm": Num(0, lo_open=True), "grad_ckpt": Bool(),
              "group_by_length": Bool(), "eval_every": Int(0), "blank_image": Bool(), "blank_size": Int(28),
@@ -230,9 +233,11 @@ def pool_answer(scores: torch.Tensor,      # (rows, tokens): the head's score of
                 answer: torch.Tensor | None, # (rows, tokens): 1 on answer tokens (`answer_mask` of the batch)
                 how: str,                    # sum or mean
                ) -> torch.Tensor:
-    "Each row's token scores pooled over its answer tokens."
+    "Each row's token scores pooled over its answer tokens (`penalty`: minus the sum of their softplus, so no token can add reward)."
     if answer is None: raise ValueError(f"pool {how!r} needs the batch's answer_mask (rows encoded by ItemData)")
-    a = answer.to(scores.dtype); s = (scores * a).sum(1)
+    a = answer.to(scores.dtype)
+    if how == "penalty": return -(F.softplus(scores) * a).sum(1)
+    s = (scores * a).sum(1)
     return s if how == "sum" else s / a.sum(1).clamp(min=1)
 
 class RewardModel(nn.Module):
@@ -242,11 +247,12 @@ class RewardModel(nn.Module):
                  hidden: int):        # the language model's width
         super().__init__()
         self.vlm, self.cfg, self.hidden = vlm, cfg, hidden
-        if cfg.fusion in ("early", "contrastive"): self.head = nn.Linear(hidden, 1, bias=False)  # BT is blind to a shift
+        if cfg.fusion in ("early", "contrastive"): self.head = nn.Linear(hidden, 1, bias=cfg.pool == "penalty")  # BT is blind to a shift, not to a softplus's
         elif cfg.fusion == "late": self.head = _mlp(3 * hidden, hidden)
         else: self.head = CrossHead(hidden)
         if cfg.fusion == "contrastive": self.proj_text, self.proj_image = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
         if isinstance(self.head, nn.Linear): nn.init.zeros_(self.head.weight)
+        if cfg.pool == "penalty": nn.init.constant_(self.head.bias, PENALTY_BIAS)
 
     def sees_image(self) -> bool: return self.cfg.fusion in ("early", "contrastive")
 
@@ -450,13 +456,14 @@ def pair_loss(rm, data: PairData, feats: dict,
               scale: float | None = None, # multiplies the summed pair losses; default 1/len(pairs) (the mean)
               device=None,                # where the batch goes; default: the model's device
              ) -> torch.Tensor:
-    "The weighted Bradley–Terry loss of `pairs` (plus the contrastive term for that fusion)."
+    "The weighted Bradley–Terry loss of `pairs` (plus the centering penalty, and the contrastive term for that fusion)."
     rows = data.pair_rows(pairs); k = len(pairs); scale = 1 / k if scale is None else scale
     dev = model_device(rm) if device is None else device
     out = rm(to_device(data.batch(rows), dev), to_device([feats[data.keys[j]] for j in rows], dev), to_device([feats[BLANK]] * len(rows), dev))
     r = out["rewards"]
     pick = lambda t: None if t is None else t[pairs].to(r.device)
     loss = bt_loss(r[:k], r[k:], pick(data.weight), cfg.margin, reduction="none", target=pick(data.target), offset=pick(data.offset)).sum() * scale
+    if cfg.center: loss = loss + cfg.center * (((r[:k] + r[k:]) / 2) ** 2).sum() * scale
     if cfg.fusion == "contrastive" and k > 1:
         loss = loss + cfg.contrastive_weight * info_nce(out["text_emb"][:k], out["image_emb"][:k], cfg.temperature)
     return loss
@@ -550,7 +557,7 @@ def base_fingerprint(base: str | Path) -> str:
     proc = [(n, hashlib.sha256((b / n).read_bytes()).hexdigest()) for n in PROCESSOR_FILES if (b / n).is_file()]
     return stable_hash((b / "config.json").read_text(encoding="utf-8"), files, proc)
 
-_NEW_SETTINGS = {"compute_dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None, "max_length": None, "pool": "last"}  # settings added after models were fingerprinted, with their defaults
+_NEW_SETTINGS = {"compute_dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None, "max_length": None, "pool": "last", "center": 0.0}  # settings added after models were fingerprinted, with their defaults
 
 def model_fingerprint(rm: "RewardModel") -> str:
     "The identity of a reward model's scores: its base (`base_fingerprint`), its config, and the bytes of every adapter and head weight."

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rm_fixtures import ROOT, _env, make_base, run_py
-from dt2it_mrm.reward_model import (BLANK, FUSIONS, PairData, pair_items, RMConfig, blank_tensors, bt_loss, build_reward_model,
-                                    features_by_key, fit, load_reward_model, member_paths, pair_loss, rewards,
+from dt2it_mrm.reward_model import (BLANK, FUSIONS, PENALTY_BIAS, PairData, pair_items, RMConfig, blank_tensors, bt_loss, build_reward_model,
+                                    features_by_key, fit, load_reward_model, member_paths, pair_loss, pool_answer, rewards,
                                     train_ensemble, train_reward_model, trainable)
 from dt2it_mrm.vlm import FAMILIES, load_processor, quantized_modules
 
@@ -187,9 +188,35 @@ def test_answer_pooling_scores_every_answer_token_and_nothing_of_the_prompt(base
     np.testing.assert_allclose(rewards(rm, data, feats), got / n_ans, atol=1e-6)
 
 
-def test_answer_pooling_trains_and_needs_a_token_head(base, pairs):
-    cfg = RMConfig(pool="sum", lora_r=4, epochs=10, batch_size=8, lr=5e-3, warmup=2, seed=0)
+def test_the_centering_penalty_is_the_squared_mean_of_each_pairs_rewards(base, pairs):
+    "center adds center × mean over pairs of ((r_chosen + r_rejected) / 2)²: BT alone is blind to a shift of both."
+    rm = build_reward_model(base, RMConfig(quant="none", lora_r=4, pool="sum", seed=0))
+    with torch.no_grad():
+        for n, p in trainable(rm).items(): p.normal_(0, 0.05)
+    proc, data = _data(base, pairs[:6]); feats = _feats(rm, proc, data); rm.eval()
+    r = torch.tensor(rewards(rm, data, feats)); rows = data.pair_rows(list(range(6))); c, j = r[rows[:6]], r[rows[6:]]
+    with torch.no_grad():
+        plain = pair_loss(rm, data, feats, list(range(6)), RMConfig(pool="sum")).item()
+        centred = pair_loss(rm, data, feats, list(range(6)), RMConfig(pool="sum", center=0.5)).item()
+    assert plain == pytest.approx(bt_loss(c, j).item(), abs=1e-5)
+    assert centred - plain == pytest.approx(0.5 * (((c + j) / 2) ** 2).mean().item(), abs=1e-5) and centred > plain
+
+
+def test_the_penalty_pool_only_subtracts_so_a_longer_answer_cannot_gain():
+    "penalty = minus the summed softplus of the answer tokens' scores: prompt tokens are ignored and each answer token lowers the reward."
+    scores = torch.tensor([[5.0, -1.0, 2.0, 0.0, 9.0], [5.0, -1.0, 2.0, 0.0, 9.0]])
+    answer = torch.tensor([[0, 1, 1, 0, 0], [0, 1, 1, 1, 1]])  # the second row is the first with two more answer tokens
+    got = pool_answer(scores, answer, "penalty")
+    want = -(F.softplus(torch.tensor(-1.0)) + F.softplus(torch.tensor(2.0)))
+    assert got[0].item() == pytest.approx(want.item(), abs=1e-6) and (got <= 0).all() and got[1] < got[0]
+    assert pool_answer(scores, answer, "sum")[1] > pool_answer(scores, answer, "sum")[0]  # where the sum pays for the extra positive token
+
+
+@pytest.mark.parametrize("pool", ["sum", "penalty"])
+def test_answer_pooling_trains_and_needs_a_token_head(pool, base, pairs):
+    cfg = RMConfig(pool=pool, lora_r=4, epochs=10, batch_size=8, lr=5e-3, warmup=2, seed=0)
     rm = build_reward_model(base, cfg); proc, data = _data(base, pairs[:8]); feats = _feats(rm, proc, data)
+    if pool == "penalty": assert rm.head.bias.item() == PENALTY_BIAS and (rewards(rm, data, feats) < 0).all()
     with torch.no_grad(): before = pair_loss(rm.eval(), data, feats, list(range(8)), cfg).item()
     fit(rm, data, cfg, progress=False)
     with torch.no_grad(): after = pair_loss(rm.eval(), data, feats, list(range(8)), cfg).item()

@@ -44,7 +44,7 @@ def test_batched_scores_match_the_one_at_a_time_loop(rm_path, pairs):
     np.testing.assert_allclose(sc(items), naive_scores(sc.models[0], items), atol=1e-5)
 
 
-@pytest.mark.parametrize("pool", ["sum", "mean"])
+@pytest.mark.parametrize("pool", ["sum", "mean", "penalty"])
 def test_answer_pooled_scores_match_the_one_at_a_time_loop(pool, base, pairs):
     import torch
     rm = build_reward_model(base, RMConfig(lora_r=4, pool=pool, seed=0))

@@ -17,8 +17,10 @@ Directions:
 
 Each trained row is one reward model per world on `train_oracle.jsonl` with the study's `train.rm` settings plus the
 row's overrides (seed `base.seed`). Accuracies carry 95% intervals from a bootstrap over worlds, then pairs; the length
-column is the Spearman correlation of reward and answer length over the unique answers of `test_neutral`; `train s` is
-the mean wall time of one training here, so its ratio to `last` is the cost of a row.
+columns are the Spearman correlation of reward and answer length over the unique answers of dev and of `test_neutral`;
+the choice is the best dev accuracy among the rows whose |dev length ρ| ≤ 0.1 (the construction ablation's rule);
+`train s` is the mean wall time of one training in the run that trained the row (rows trained in different runs, with
+other jobs beside them, compare only roughly).
 
     .venv/bin/python benchmarks/oracle_dev.py [--worlds 0 1 2] [--variants last sum ...] [--workers 2] [--reuse]
 
@@ -34,13 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
 from construction_ablation import choose, job  # noqa: E402
 
-VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its pooling, whatever the study's default)
-    "last": {"pool": "last"},
-    "mean": {"pool": "mean"},
-    "sum": {"pool": "sum"},
-    "last_epochs6": {"pool": "last", "epochs": 6},
-    "sum_epochs6": {"pool": "sum", "epochs": 6},
-    "penalty": {"pool": "penalty"},
+VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its pooling and centering, whatever the study's default)
+    "last": {"pool": "last", "center": 0.0},
+    "mean": {"pool": "mean", "center": 0.0},
+    "sum": {"pool": "sum", "center": 0.0},
+    "last_epochs6": {"pool": "last", "center": 0.0, "epochs": 6},
+    "sum_epochs6": {"pool": "sum", "center": 0.0, "epochs": 6},
+    "penalty": {"pool": "penalty", "center": 0.0},
     "sum_center0.01": {"pool": "sum", "center": 0.01},
     "sum_center0.1": {"pool": "sum", "center": 0.1},
 }
@@ -112,11 +114,12 @@ def main():
         old = json.loads(Path(a.out + ".json").read_text()); runs = {tuple(r["key"]): r for r in old["runs"]}; cmd = old.get("command", cmd)
     else:
         kept = {tuple(r["key"]): r for r in json.loads(Path(a.out + ".json").read_text())["runs"]} if a.reuse else {}
+        kept = {(v, w): r for (v, w), r in kept.items() if v in ZERO_SHOT or r.get("rm") == rm | VARIANTS.get(v, {"?": None})}  # same settings only
         with ProcessPoolExecutor(a.workers) as ex:
             futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], train.format(world=w), sets, base)
                     for v in a.variants for w in worlds if (v, w) not in kept}
             zs = {w: ex.submit(zero_shot, w, base, sets) for w in worlds if any((z, w) not in kept for z in ZERO_SHOT)}
-            runs = kept | {k: f.result() for k, f in futs.items()}
+            runs = kept | {(v, w): f.result() | {"rm": rm | VARIANTS[v]} for (v, w), f in futs.items()}
             runs |= {(v, w): r for w, f in zs.items() for v, r in f.result().items()}
         write_json(Path(a.out + ".json"), {"command": cmd, "runs": [r | {"key": list(k)} for k, r in runs.items()]})  # kept before any tabulating
     correct = lambda m: (np.asarray(m) > 0).astype(float)
@@ -135,8 +138,7 @@ def main():
                                        "wall_s": round(time.perf_counter() - t0), "runs": [r | {"key": list(k)} for k, r in runs.items()]})
     md = ["# Oracle directions on dev", "",
           f"Gold labels (`train_oracle.jsonl`), worlds {', '.join(worlds)}, one model per world and row (`train.rm` plus the row's change, seed {seed}); "
-          "95% intervals from a bootstrap over worlds, then pairs. The choice is the trained row with the best dev accuracy; `test_neutral` (the primary "
-          "set) is only reported. `lm_*` rows use the base's language-model head untrained. Length ρ: Spearman of reward and answer length over the "
+          "95% intervals from a bootstrap over worlds, then pairs. The choice is made on dev; `test_neutral` (the primary set) is only reported. `lm_*` rows use the base's language-model head untrained. Length ρ: Spearman of reward and answer length over the "
           "unique answers of a set. The choice, as in the construction ablation: the best dev accuracy among the trained rows whose |dev length ρ| ≤ "
           f"{a.max_length_rho} (if none, the smallest |dev length ρ|). Train s: mean wall time of one training in the run that trained the row.", "",
           "| direction | change of train.rm | dev accuracy | dev, points vs last | dev length ρ | test_neutral accuracy | length ρ | train s |",

@@ -45,6 +45,7 @@ VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its p
     "penalty": {"pool": "penalty", "center": 0.0},
     "sum_center0.01": {"pool": "sum", "center": 0.01},
     "sum_center0.1": {"pool": "sum", "center": 0.1},
+    "sum_center0.01_epochs6": {"pool": "sum", "center": 0.01, "epochs": 6},
 }
 ZERO_SHOT = ("lm_logp", "lm_pmi")  # the base's language-model head, untrained
 

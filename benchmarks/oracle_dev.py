@@ -115,7 +115,7 @@ def main():
         old = json.loads(Path(a.out + ".json").read_text()); runs = {tuple(r["key"]): r for r in old["runs"]}; cmd = old.get("command", cmd)
     else:
         kept = {tuple(r["key"]): r for r in json.loads(Path(a.out + ".json").read_text())["runs"]} if a.reuse else {}
-        kept = {(v, w): r for (v, w), r in kept.items() if v in ZERO_SHOT or r.get("rm") == rm | VARIANTS.get(v, {"?": None})}  # same settings only
+        kept = {(v, w): r for (v, w), r in kept.items() if v in ZERO_SHOT or (v in VARIANTS and r.get("rm") == rm | VARIANTS[v])}  # same settings only
         with ProcessPoolExecutor(a.workers) as ex:
             futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], train.format(world=w), sets, base)
                     for v in a.variants for w in worlds if (v, w) not in kept}

@@ -136,7 +136,7 @@ def main():
                    "change": VARIANTS.get(v)}
     best = choose({v: rows[v] for v in a.variants}, a.max_length_rho)
     write_json(Path(a.out + ".json"), {"command": cmd, "worlds": worlds, "seed": seed, "rm": rm, "variants": rows, "chosen_on_dev": best,
-                                       "wall_s": round(time.perf_counter() - t0), "runs": [r | {"key": list(k)} for k, r in runs.items()]})
+                                       "wall_s": old.get("wall_s") if a.from_json else round(time.perf_counter() - t0), "runs": [r | {"key": list(k)} for k, r in runs.items()]})
     md = ["# Oracle directions on dev", "",
           f"Gold labels (`train_oracle.jsonl`), worlds {', '.join(worlds)}, one model per world and row (`train.rm` plus the row's change, seed {seed}); "
           "95% intervals from a bootstrap over worlds, then pairs. The choice is made on dev; `test_neutral` (the primary set) is only reported. `lm_*` rows use the base's language-model head untrained. Length ρ: Spearman of reward and answer length over the "

@@ -12,10 +12,10 @@ import numpy as np
 import yaml
 
 # %% auto #0
-__all__ = ['ROOT_MARKERS', 'OFFLINE_ENV', 'WORLD_FIELD', 'RUNNER_PARAMS', 'project_root', 'stable_hash', 'rng', 'seed_everything',
-           'atomic_write', 'to_jsonable', 'write_json', 'read_json', 'without_surrogates', 'jsonl_line', 'write_jsonl',
-           'jsonl_lines', 'read_jsonl', 'load_params', 'get_param', 'stage_params', 'set_offline', 'scrub_paths',
-           'world_name', 'for_world', 'world_runs', 'run_stage', 'main']
+__all__ = ['ROOT_MARKERS', 'OFFLINE_ENV', 'WORLD_FIELD', 'RUNNER_PARAMS', 'KERNEL_START_FAILURES', 'project_root', 'stable_hash',
+           'rng', 'seed_everything', 'atomic_write', 'to_jsonable', 'write_json', 'read_json', 'without_surrogates',
+           'jsonl_line', 'write_jsonl', 'jsonl_lines', 'read_jsonl', 'load_params', 'get_param', 'stage_params',
+           'set_offline', 'scrub_paths', 'world_name', 'for_world', 'world_runs', 'run_stage', 'main']
 
 # %% ../nbs/00_core.ipynb #09011fd1
 ROOT_MARKERS = ("params.yaml", "settings.ini")
@@ -203,12 +203,28 @@ def world_runs(params: dict,            # the stage's params, with `worlds` (see
 # %% ../nbs/00_core.ipynb #5984bbd1
 RUNNER_PARAMS = ("worlds", "repro")  # filled in or consumed by the runner; a notebook never sees them
 
-def _execute(nb: str, out: str, params: dict, kernel: str, root: str, env: dict, progress: bool) -> str:
+KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond")  # jupyter_client's words for a kernel that never came up
+
+def _kernel_start_failed(e: BaseException) -> bool:
+    "Whether `e` says the kernel never started, so no cell ran and the notebook can simply be run again."
+    return isinstance(e, RuntimeError) and any(str(e).startswith(m) for m in KERNEL_START_FAILURES)
+
+def _execute(nb: str, out: str, params: dict, kernel: str, root: str, env: dict, progress: bool,
+             tries: int = 3, # starts of the kernel before giving up
+            ) -> str:
     "Run one notebook with papermill in this process's environment plus `env` (a process-pool job)."
-    import papermill as pm
+    import papermill as pm, sys, time
     os.environ.update(env); os.environ.pop("MPLBACKEND", None)  # a forced non-GUI backend would keep figures out of the executed notebook
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(nb, out, parameters=params, kernel_name=kernel, cwd=root, log_output=False, progress_bar=progress)
+    for attempt in range(1, tries + 1):
+        try:
+            pm.execute_notebook(nb, out, parameters=params, kernel_name=kernel, cwd=root, log_output=False, progress_bar=progress)
+            break
+        except RuntimeError as e:
+            if attempt == tries or not _kernel_start_failed(e): raise
+            # kernels launched at once pick free ports independently and can bind the same one; the loser dies at start
+            print(f"{Path(out).name}: the kernel did not start ({e}); starting it again ({attempt + 1} of {tries})", file=sys.stderr, flush=True)
+            time.sleep(random.uniform(0.5, 1.5) * attempt)
     return str(scrub_paths(out, root))  # papermill records absolute paths; the executed copy is committed
 
 def _workers(root: Path, workers: int | None) -> int:

@@ -106,6 +106,29 @@ def test_runner_refuses_undeclared_parameters(tmp_path):
         run_stage("s", root=tmp_path)
 
 
+def test_a_kernel_that_dies_at_start_is_started_again_and_other_errors_are_not_retried(tmp_path, monkeypatch):
+    "Kernels started at once can race for a port; the one that loses dies before any cell runs, so the runner starts it again."
+    import papermill
+    from dt2it_mrm import core
+    monkeypatch.setattr(core.random, "uniform", lambda a, b: 0.0)
+    calls, out = [], tmp_path / "o.ipynb"
+    def flaky(nb, o, **kw):
+        calls.append(o)
+        if len(calls) < 3: raise RuntimeError("Kernel died before replying to kernel_info")
+        Path(o).write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    assert core._execute("in.ipynb", str(out), {}, "k", str(tmp_path), {}, False) == str(out) and len(calls) == 3
+    calls.clear()
+    with pytest.raises(RuntimeError, match="kernel_info"):  # every start dies: the error reaches the caller
+        core._execute("in.ipynb", str(out), {}, "k", str(tmp_path), {}, False, tries=2)
+    assert len(calls) == 2
+    def broken(nb, o, **kw): calls.append(o); raise RuntimeError("a cell failed")
+    monkeypatch.setattr(papermill, "execute_notebook", broken); calls.clear()
+    with pytest.raises(RuntimeError, match="a cell failed"):  # a notebook that started and failed is never run twice
+        core._execute("in.ipynb", str(out), {}, "k", str(tmp_path), {}, False)
+    assert len(calls) == 1
+
+
 def _tiny_copy(root: Path, tmp_path: Path, timeout: int, judge_probe: int, **world):
     "A fresh copy on a tiny world: its folder, its params, `run(*dvc_args)` and `ran(result)` (the stages a run ran)."
     d = fresh_copy(root, tmp_path / "repo")

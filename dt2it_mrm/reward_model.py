@@ -231,7 +231,7 @@ def _mlp(d_in: int, hidden: int) -> nn.Module: return nn.Sequential(nn.Linear(d_
 
 def pool_answer(scores: torch.Tensor,      # (rows, tokens): the head's score of every token
                 answer: torch.Tensor | None, # (rows, tokens): 1 on answer tokens (`answer_mask` of the batch)
-                how: str,                    # sum or mean
+                how: str,                    # sum, mean or penalty
                ) -> torch.Tensor:
     "Each row's token scores pooled over its answer tokens (`penalty`: minus the sum of their softplus, so no token can add reward)."
     if answer is None: raise ValueError(f"pool {how!r} needs the batch's answer_mask (rows encoded by ItemData)")

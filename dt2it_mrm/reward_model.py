@@ -22,14 +22,14 @@ from .vlm import (ATTN_IMPLS, IMAGE_ONLY_KEYS, autocast, blank_image, cat_pieces
                   encode_texts, image_features, last_index, load_base, load_processor, model_device, piece_bytes, to_device, with_features)
 
 # %% auto #0
-__all__ = ['FUSIONS', 'POOLS', 'PENALTY_BIAS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'MIXED_PRECISION', 'BLANK',
-           'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image',
+__all__ = ['FUSIONS', 'POOLS', 'REWARDS', 'PENALTY_BIAS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'MIXED_PRECISION',
+           'BLANK', 'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image',
            'item_images', 'images_field', 'ItemData', 'pair_items', 'pair_meta', 'PairData', 'CrossHead', 'pool_answer',
            'RewardModel', 'info_nce', 'lora_config', 'text_hidden', 'place_heads', 'build_reward_model', 'trainable',
-           'lr_lambda', 'pair_order', 'FeatureCache', 'features_by_key', 'blank_tensors', 'rewards', 'pair_accuracy',
-           'pair_loss', 'default_accelerator', 'fit', 'base_fingerprint', 'model_fingerprint', 'head_state',
-           'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths',
-           'members_saw']
+           'lr_lambda', 'pair_order', 'FeatureCache', 'features_by_key', 'blank_tensors', 'rewards', 'reference_logps',
+           'pair_accuracy', 'pair_loss', 'default_accelerator', 'fit', 'base_fingerprint', 'model_fingerprint',
+           'head_state', 'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble',
+           'member_paths', 'members_saw']
 
 # %% ../nbs/06b_reward_model.ipynb #b9224678
 def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
@@ -50,6 +50,7 @@ def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
 # %% ../nbs/06b_reward_model.ipynb #03f06f06
 FUSIONS = ("early", "late", "cross", "contrastive")
 POOLS = ("last", "sum", "mean", "penalty")  # how the head reads the answer: its last token; every answer token scored and summed / averaged; or only penalised
+REWARDS = ("head", "lm", "head_lm")  # what the reward reads: the value head; the language model's implicit reward; their sum
 PENALTY_BIAS = -3.0  # the penalty head's starting bias: each token starts at softplus(-3) = 0.05 of evidence, not a length prior
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -67,6 +68,9 @@ class RMConfig:
     temperature: float = 0.1    # InfoNCE temperature
     margin: float = 0.0         # Bradley–Terry margin
     center: float = 0.0         # weight of the reward-centering penalty: the squared mean of each pair's two rewards (pins the per-prompt offset BT leaves free)
+    reward: str = "head"        # one of REWARDS; `lm`: lm_beta × Σ over answer tokens of log p(token) under the adapted model minus under the frozen base
+    lm_beta: float = 1.0        # scale of the implicit reward
+    lm_reference: str = "blank" # what the frozen base sees: a blank image (the untrained implicit reward is the visual PMI) or the row's image (it is 0)
     epochs: float = 3.0
     batch_size: int = 16        # pairs per optimizer step, over all processes
     grad_accum: int = 1         # micro-batches per optimizer step
@@ -93,6 +97,8 @@ class RMConfig:
         check_fields(self, RM_SCHEMA, "RMConfig")
         if self.pool != "last" and self.fusion not in ("early", "contrastive"):
             raise ValueError(f"RMConfig: pool {self.pool!r} needs fusion early or contrastive (the {self.fusion!r} head reads the last token), got fusion {self.fusion!r}")
+        if self.reward != "head" and self.fusion not in ("early", "contrastive"):
+            raise ValueError(f"RMConfig: reward {self.reward!r} needs fusion early or contrastive (the language model must see the image), got fusion {self.fusion!r}")
 
     @classmethod
     def from_params(cls, params: dict | None = None,
@@ -103,7 +109,8 @@ class RMConfig:
 
 RM_SCHEMA = {"quant": OneOf("4bit", "8bit", "none"), "lora_r": Int(1), "lora_alpha": Num(0, lo_open=True),
              "lora_dropout": Num(0, 1, hi_open=True), "lora_targets": Check("list", item=Str()), "fusion": OneOf(*FUSIONS), "pool": OneOf(*POOLS),
-             "contrastive_weight": Num(0), "temperature": Num(0, lo_open=True), "margin": Num(0), "center": Num(0), "epochs": Num(0, lo_open=True),
+             "contrastive_weight": Num(0), "temperature": Num(0, lo_open=True), "margin": Num(0), "center": Num(0), "reward": OneOf(*REWARDS),
+             "lm_beta": Num(0, lo_open=True), "lm_reference": OneOf("blank", "image"), "epochs": Num(0, lo_open=True),
              "batch_size": Int(1), "grad_accum": Int(1), "lr": Num(0, lo_open=True), "schedule": OneOf("cosine", "linear", "constant"),
              "warmup": Int(0), "weight_decay": Num(0), "max_grad_norm": Num(0, lo_open=True), "grad_ckpt": Bool(),
              "group_by_length": Bool(), "eval_every": Int(0), "blank_image": Bool(), "blank_size": Int(28),
@@ -135,6 +142,7 @@ def _row_key(keys: list[str]): return keys[0] if len(keys) == 1 else tuple(keys)
 
 class ItemData:
     "Encoded scorer items (`image`: a path, a list of paths or None; `question`; `answer`; optional `system`), image tensors stored once per distinct image."
+    lm_reference: torch.Tensor | None = None  # the frozen base's answer log-probability per row, once `fit` has computed it (implicit rewards)
     def __init__(self, processor, items: Sequence[dict], # {"image": path | [paths] | None, "question", "answer", "system"?}
                  blank: bool = False,       # blank every image
                  image_root: str | Path | None = None,
@@ -253,12 +261,27 @@ class RewardModel(nn.Module):
         if cfg.fusion == "contrastive": self.proj_text, self.proj_image = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
         if isinstance(self.head, nn.Linear): nn.init.zeros_(self.head.weight)
         if cfg.pool == "penalty": nn.init.constant_(self.head.bias, PENALTY_BIAS)
+        if cfg.reward == "lm": self.head.requires_grad_(False)  # never read: no gradient to wait for under DDP
 
     def sees_image(self) -> bool: return self.cfg.fusion in ("early", "contrastive")
 
     def backbone(self):
         "The VLM without its language-model head (LoRA layers inside): hidden states, no vocabulary logits."
         return (self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm).model
+
+    def answer_logp(self, h: torch.Tensor, input_ids: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+        "Each row's summed log-probability of its answer tokens under the language-model head, from the hidden states `h`."
+        base = self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
+        lp = base.get_output_embeddings()(h[:, :-1]).float().log_softmax(-1)
+        return (lp.gather(-1, input_ids[:, 1:, None])[..., 0] * answer[:, 1:]).sum(1)
+
+    @torch.no_grad()
+    def reference_logp(self, batch: dict, answer: torch.Tensor, pieces: Sequence[dict], blank: Sequence[dict] | None) -> torch.Tensor:
+        "The frozen base's (adapters off) summed answer log-probability, seeing a blank image or the row's own per `cfg.lm_reference`."
+        view = pieces if self.cfg.lm_reference == "image" else self.blank_view(batch, blank)
+        with self.vlm.disable_adapter():
+            h = self.backbone()(**with_features(batch, view), use_cache=False).last_hidden_state
+        return self.answer_logp(h, batch["input_ids"], answer)
 
     def blank_view(self, batch: dict, blank: Sequence[dict]) -> list[dict]:
         "Each row's blanked image features, once per image of the row (rows whose images take another token count than the blank are refused)."
@@ -278,13 +301,19 @@ class RewardModel(nn.Module):
                ) -> dict:
         "Rewards of the rows of `batch` (and, for `contrastive`, the pooled text and image embeddings)."
         view = pieces if self.sees_image() else self.blank_view(batch, blank)
-        batch = dict(batch); answer = batch.pop("answer_mask", None)
+        batch = dict(batch); answer = batch.pop("answer_mask", None); ref = batch.pop("lm_reference", None)
         h = self.backbone()(**with_features(batch, view), use_cache=False).last_hidden_state
         mask = batch["attention_mask"]
         last = h[torch.arange(len(h), device=h.device), last_index(mask)]
         img_tokens = [p["pooler_output"] for p in pieces]
         if self.cfg.fusion in ("early", "contrastive"):
-            r = self.head(last).squeeze(-1) if self.cfg.pool == "last" else pool_answer(self.head(h).squeeze(-1), answer, self.cfg.pool)
+            r = 0
+            if self.cfg.reward != "lm":
+                r = self.head(last).squeeze(-1) if self.cfg.pool == "last" else pool_answer(self.head(h).squeeze(-1), answer, self.cfg.pool)
+            if self.cfg.reward != "head":
+                if answer is None: raise ValueError(f"reward {self.cfg.reward!r} needs the batch's answer_mask (rows encoded by ItemData)")
+                if ref is None: ref = self.reference_logp(batch, answer, pieces, blank)
+                r = r + self.cfg.lm_beta * (self.answer_logp(h, batch["input_ids"], answer) - ref.to(h.device))
             if self.cfg.fusion == "early": return {"rewards": r}
             img = torch.stack([t.mean(0) for t in img_tokens])
             return {"rewards": r, "text_emb": self.proj_text(last), "image_emb": self.proj_image(img)}
@@ -432,18 +461,30 @@ def _rm_config(rm) -> RMConfig | None:
     "The config of a reward model, also through a DDP/FSDP wrapper."
     return getattr(rm, "cfg", None) or getattr(getattr(rm, "module", None), "cfg", None)
 
+def _eval_batches(rm, data: ItemData, feats: dict, rows: Sequence[int] | None, batch_size: int):
+    "`(batch, pieces, blank)` of `rows` of `data` (all by default) on the model's device, in eval mode under its autocast (its mode restored after)."
+    was = rm.training; rm.eval(); rows = list(range(len(data))) if rows is None else list(rows)
+    dev = model_device(rm); cfg = _rm_config(rm)
+    try:
+        with autocast(cfg.compute_dtype if cfg else "float32", dev):
+            for i in range(0, len(rows), batch_size):
+                idx = rows[i:i + batch_size]
+                yield (to_device(data.batch(idx), dev), to_device([feats[data.keys[j]] for j in idx], dev), to_device([feats[BLANK]] * len(idx), dev))
+    finally: rm.train(was)
+
 @torch.no_grad()
 def rewards(rm: RewardModel, data: ItemData, feats: dict, rows: Sequence[int] | None = None, batch_size: int = 64) -> np.ndarray:
     "Rewards of `rows` of `data` (all by default), in eval mode, computed on the model's device (float32 numpy on the CPU)."
-    was = rm.training; rm.eval(); rows = list(range(len(data))) if rows is None else list(rows); out = []
-    dev = model_device(rm); cfg = _rm_config(rm)
-    with autocast(cfg.compute_dtype if cfg else "float32", dev):
-        for i in range(0, len(rows), batch_size):
-            idx = rows[i:i + batch_size]
-            out.append(rm(to_device(data.batch(idx), dev), to_device([feats[data.keys[j]] for j in idx], dev),
-                          to_device([feats[BLANK]] * len(idx), dev))["rewards"].float())
-    rm.train(was)
+    out = [rm(b, p, bl)["rewards"].float() for b, p, bl in _eval_batches(rm, data, feats, rows, batch_size)]
     return torch.cat(out).cpu().numpy() if out else np.zeros(0)
+
+@torch.no_grad()
+def reference_logps(rm: RewardModel, data: ItemData, feats: dict, batch_size: int = 64) -> torch.Tensor:
+    "The implicit reward's reference (`RewardModel.reference_logp`) of every row of `data`: the base is frozen, so `fit` computes it once."
+    out = []
+    for b, p, bl in _eval_batches(rm, data, feats, None, batch_size):
+        answer = b.pop("answer_mask"); out.append(rm.reference_logp(b, answer, p, bl).float().cpu())
+    return torch.cat(out)
 
 def pair_accuracy(rm: RewardModel, data: PairData, feats: dict) -> float:
     "Share of pairs whose chosen answer scores strictly higher."
@@ -459,7 +500,8 @@ def pair_loss(rm, data: PairData, feats: dict,
     "The weighted Bradley–Terry loss of `pairs` (plus the centering penalty, and the contrastive term for that fusion)."
     rows = data.pair_rows(pairs); k = len(pairs); scale = 1 / k if scale is None else scale
     dev = model_device(rm) if device is None else device
-    out = rm(to_device(data.batch(rows), dev), to_device([feats[data.keys[j]] for j in rows], dev), to_device([feats[BLANK]] * len(rows), dev))
+    batch = data.batch(rows) | ({} if data.lm_reference is None else {"lm_reference": data.lm_reference[rows]})
+    out = rm(to_device(batch, dev), to_device([feats[data.keys[j]] for j in rows], dev), to_device([feats[BLANK]] * len(rows), dev))
     r = out["rewards"]
     pick = lambda t: None if t is None else t[pairs].to(r.device)
     loss = bt_loss(r[:k], r[k:], pick(data.weight), cfg.margin, reduction="none", target=pick(data.target), offset=pick(data.offset)).sum() * scale
@@ -523,6 +565,7 @@ def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
         inner = acc.unwrap_model(model)
         feats = features_by_key(inner, data, {BLANK: blank})
         eval_feats = {name: features_by_key(inner, d, {BLANK: blank}) for name, d in (evals or {}).items()}
+        if cfg.reward != "head": data.lm_reference = reference_logps(inner, data, feats)
     model.train(); hist, t0 = [], time.perf_counter()
     bar = tqdm(total=steps, desc=f"train rm ({cfg.fusion})", disable=not progress or not acc.is_main_process, mininterval=10)
     for step, pairs in enumerate(plan, 1):
@@ -557,7 +600,8 @@ def base_fingerprint(base: str | Path) -> str:
     proc = [(n, hashlib.sha256((b / n).read_bytes()).hexdigest()) for n in PROCESSOR_FILES if (b / n).is_file()]
     return stable_hash((b / "config.json").read_text(encoding="utf-8"), files, proc)
 
-_NEW_SETTINGS = {"compute_dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None, "max_length": None, "pool": "last", "center": 0.0}  # settings added after models were fingerprinted, with their defaults
+_NEW_SETTINGS = {"compute_dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None, "max_length": None, "pool": "last", "center": 0.0,
+                 "reward": "head", "lm_beta": 1.0, "lm_reference": "blank"}  # settings added after models were fingerprinted, with their defaults
 
 def model_fingerprint(rm: "RewardModel") -> str:
     "The identity of a reward model's scores: its base (`base_fingerprint`), its config, and the bytes of every adapter and head weight."

@@ -146,7 +146,8 @@ class RewardScorer:
             for j, m in enumerate(self.models):
                 if m.cfg.blank_image != blank: continue
                 feats = self._features(m, data); m.eval(); dev = model_device(m)
-                if self.merge and j not in self._merged: self._merged[j] = merged_lora_layers(m)
+                if self.merge and j not in self._merged:  # not under an implicit reward: its reference switches the adapters off, which folded layers cannot
+                    self._merged[j] = merged_lora_layers(m) if m.cfg.reward == "head" else {}
                 with swapped(m, self._merged.get(j, {})), autocast(m.cfg.compute_dtype, dev):
                     for s in range(0, len(order), self.batch_size):
                         rows = order[s:s + self.batch_size]
@@ -174,14 +175,15 @@ def naive_scores(rm: RewardModel, items: Sequence[dict], processor=None, image_r
     blank = blank_image(rm.cfg.blank_size)
     def inputs(imgs, q, a, s):
         b = processor(text=[chat_text(processor, q, a, len(imgs), s)], images=list(imgs), return_tensors="pt")
-        if rm.cfg.pool == "last": return dict(b), split_images(b, len(imgs))
+        if rm.cfg.pool == "last" and rm.cfg.reward == "head": return dict(b), split_images(b, len(imgs))
         n_prompt = processor(text=[chat_text(processor, q, None, len(imgs), s)], images=list(imgs), return_tensors="pt")["input_ids"].shape[1]
         return dict(b) | {"answer_mask": (torch.arange(b["input_ids"].shape[1]) >= n_prompt).long()[None]}, split_images(b, len(imgs))
     for it in items:
         keys = item_images(it["image"], rm.cfg.blank_image)
         b, ims = inputs([blank if k == BLANK else load_image(k, image_root) for k in keys], it["question"], it["answer"], it.get("system"))
         piece = image_features(rm.vlm, ims)
-        bl = piece if rm.sees_image() else image_features(rm.vlm, inputs([blank] * len(keys), it["question"], it["answer"], it.get("system"))[1])
+        own = rm.sees_image() and (rm.cfg.reward == "head" or rm.cfg.lm_reference == "image")  # else the blank is read
+        bl = piece if own else image_features(rm.vlm, inputs([blank] * len(keys), it["question"], it["answer"], it.get("system"))[1])
         with autocast(rm.cfg.compute_dtype, model_device(rm)): out.append(rm(to_device(b, model_device(rm)), piece, bl)["rewards"].double().item())
     return np.array(out)
 

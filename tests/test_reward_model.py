@@ -224,6 +224,61 @@ def test_answer_pooling_trains_and_needs_a_token_head(pool, base, pairs):
     with pytest.raises(ValueError, match="pool 'sum' needs fusion early or contrastive"): RMConfig(pool="sum", fusion="late")
 
 
+def _answer_logp_by_the_lm_loss(vlm, proc, items, blank: bool) -> np.ndarray:
+    "Σ log p(answer tokens) per item through transformers' own language-model loss on pixels (not the reward model's path)."
+    from dt2it_mrm.reward_model import ItemData
+    from dt2it_mrm.vlm import collate, encode_texts
+    out = []
+    for it in items:
+        one = ItemData(proc, [it], blank=blank); keys = one.row_images(0)
+        lab = encode_texts(proc, [(it["question"], it["answer"])], [one.ntok[k] for k in keys], labels=True)[0]
+        b = collate([lab], [one.images[k] for k in keys], proc.tokenizer.pad_token_id)
+        with torch.no_grad(): out.append(-vlm(**b).loss.item() * int((b["labels"][:, 1:] != -100).sum()))
+    return np.array(out)
+
+
+def test_the_implicit_reward_is_the_adapted_models_answer_likelihood_minus_the_frozen_bases_by_the_lm_loss(base, pairs):
+    "reward lm = beta × (Σ log p_adapted(answer | image) − Σ log p_base(answer | blank or same image)), checked against transformers' loss on pixels."
+    rm = build_reward_model(base, RMConfig(quant="none", lora_r=4, reward="lm", lm_beta=0.5, seed=0))
+    with torch.no_grad():
+        for n, p in trainable(rm).items(): p.normal_(0, 0.05)  # adapters away from zero: adapted and frozen models differ
+    assert not any(p.requires_grad for p in rm.head.parameters())  # the value head is never read
+    proc, data = _data(base, pairs[:3]); feats = _feats(rm, proc, data); rm.eval()
+    items = pair_items(pairs[:3])
+    adapted = _answer_logp_by_the_lm_loss(rm.vlm, proc, items, blank=False)
+    with rm.vlm.disable_adapter():
+        frozen_blank = _answer_logp_by_the_lm_loss(rm.vlm, proc, items, blank=True)
+        frozen_image = _answer_logp_by_the_lm_loss(rm.vlm, proc, items, blank=False)
+    assert np.abs(adapted - frozen_image).max() > 1e-3 and np.abs(frozen_image - frozen_blank).max() > 1e-3
+    np.testing.assert_allclose(rewards(rm, data, feats), 0.5 * (adapted - frozen_blank), atol=1e-4)
+    rm.cfg.lm_reference = "image"
+    np.testing.assert_allclose(rewards(rm, data, feats), 0.5 * (adapted - frozen_image), atol=1e-4)
+    with torch.no_grad(): rm.head.weight.normal_(0, 0.05)
+    rm.cfg.pool, rm.cfg.reward = "sum", "head"; head = rewards(rm, data, feats)
+    rm.cfg.reward = "head_lm"  # the value head's pooled reward plus the implicit one
+    assert np.abs(head).min() > 1e-3
+    np.testing.assert_allclose(rewards(rm, data, feats), head + 0.5 * (adapted - frozen_image), atol=1e-4)
+    with pytest.raises(ValueError, match="reward 'lm' needs fusion early or contrastive"): RMConfig(reward="lm", fusion="late")
+
+
+def test_the_implicit_reward_trains_from_a_reference_computed_once(base, pairs):
+    "fit computes the frozen base's reference once; the loss with it equals the loss computing it per batch, and training lowers it."
+    cfg = RMConfig(lora_r=4, reward="lm", epochs=10, batch_size=8, lr=5e-3, warmup=2, seed=0)
+    rm = build_reward_model(base, cfg); proc, data = _data(base, pairs[:8]); feats = _feats(rm, proc, data)
+    with torch.no_grad(): before = pair_loss(rm.eval(), data, feats, list(range(8)), cfg).item()
+    untrained = rewards(rm, data, feats); head = {n: p.clone() for n, p in rm.head.named_parameters()}
+    fit(rm, data, cfg, progress=False)
+    assert data.lm_reference is not None and data.lm_reference.shape == (16,)
+    with torch.no_grad():
+        once = pair_loss(rm.eval(), data, feats, list(range(8)), cfg).item()
+        ref, data.lm_reference = data.lm_reference, None
+        per_batch = pair_loss(rm, data, feats, list(range(8)), cfg).item()
+    assert once == pytest.approx(per_batch, abs=1e-5) and once < before - 0.1
+    assert all(torch.equal(p, head[n]) for n, p in rm.head.named_parameters())
+    # the untrained implicit reward with a blank reference is the visual PMI: the reference is its second term
+    assert np.abs(rewards(rm, data, feats) - untrained).max() > 1e-3 and ref.abs().min() > 0
+
+
 def test_gradient_accumulation_and_checkpointing_train_the_same_weights(base, pairs):
     def run(**kw):
         cfg = RMConfig(lora_r=4, epochs=1, batch_size=8, lr=5e-3, warmup=1, **kw)

@@ -13,7 +13,11 @@ Directions:
   cannot gain by its length);
 - reward centering (`train.rm.center`): Bradley–Terry sees only the difference of a pair's rewards, so each prompt's
   offset is free, and a summed head fills it with the answer's length; a penalty on the squared mean of each pair's
-  rewards pins it, and the reward-length correlation across prompts goes with it.
+  rewards pins it, and the reward-length correlation across prompts goes with it;
+- the language-model head kept and fine-tuned as an implicit reward (`train.rm.reward: lm`, the `lm*` rows): lm_beta times
+  the LoRA-adapted model's answer log-likelihood minus the frozen base's, the base seeing a blank image (training starts
+  from the visual PMI, the `lm_pmi` row) or the same image (it starts from 0: DPO's implicit reward); or added to the
+  summed value head (`reward: head_lm`).
 
 Each trained row is one reward model per world on `train_oracle.jsonl` with the study's `train.rm` settings plus the
 row's overrides (seed `base.seed`). Accuracies carry 95% intervals from a bootstrap over worlds, then pairs; the length
@@ -36,16 +40,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
 from construction_ablation import choose, job  # noqa: E402
 
-VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its pooling and centering, whatever the study's default)
-    "last": {"pool": "last", "center": 0.0},
-    "mean": {"pool": "mean", "center": 0.0},
-    "sum": {"pool": "sum", "center": 0.0},
-    "last_epochs6": {"pool": "last", "center": 0.0, "epochs": 6},
-    "sum_epochs6": {"pool": "sum", "center": 0.0, "epochs": 6},
-    "penalty": {"pool": "penalty", "center": 0.0},
-    "sum_center0.01": {"pool": "sum", "center": 0.01},
-    "sum_center0.1": {"pool": "sum", "center": 0.1},
-    "sum_center0.01_epochs6": {"pool": "sum", "center": 0.01, "epochs": 6},
+VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its reward, pooling and centering, whatever the study's default)
+    "last": {"reward": "head", "pool": "last", "center": 0.0},
+    "mean": {"reward": "head", "pool": "mean", "center": 0.0},
+    "sum": {"reward": "head", "pool": "sum", "center": 0.0},
+    "last_epochs6": {"reward": "head", "pool": "last", "center": 0.0, "epochs": 6},
+    "sum_epochs6": {"reward": "head", "pool": "sum", "center": 0.0, "epochs": 6},
+    "penalty": {"reward": "head", "pool": "penalty", "center": 0.0},
+    "sum_center0.01": {"reward": "head", "pool": "sum", "center": 0.01},
+    "sum_center0.1": {"reward": "head", "pool": "sum", "center": 0.1},
+    "sum_center0.01_epochs6": {"reward": "head", "pool": "sum", "center": 0.01, "epochs": 6},
+    "lm": {"reward": "lm", "lm_beta": 1.0, "lm_reference": "blank", "center": 0.0},
+    "lm_center0.01": {"reward": "lm", "lm_beta": 1.0, "lm_reference": "blank", "center": 0.01},
+    "lm_image": {"reward": "lm", "lm_beta": 1.0, "lm_reference": "image", "center": 0.0},
+    "lm_beta0.5": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0},
+    "lm_beta2": {"reward": "lm", "lm_beta": 2.0, "lm_reference": "blank", "center": 0.0},
+    "lm_epochs5": {"reward": "lm", "lm_beta": 1.0, "lm_reference": "blank", "center": 0.0, "epochs": 5},
+    "sum_center0.01_plus_lm": {"reward": "head_lm", "pool": "sum", "lm_beta": 1.0, "lm_reference": "blank", "center": 0.01},
 }
 ZERO_SHOT = ("lm_logp", "lm_pmi")  # the base's language-model head, untrained
 
@@ -93,6 +104,7 @@ def zero_shot(world: str, base: str, sets: dict) -> dict:
 
 def main():
     from dt2it_mrm.core import atomic_write, load_params, write_json, world_name
+    from dt2it_mrm.reward_model import RMConfig
     from dt2it_mrm.stats import diff_of_means, interval_str, mean_of, paired_bootstrap
     params = load_params(ROOT / "params.yaml")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,6 +115,7 @@ def main():
     ap.add_argument("--from-json", action="store_true", help="re-tabulate the runs of --out's JSON instead of training")
     ap.add_argument("--max-length-rho", type=float, default=0.1, help="the choice: best dev accuracy among rows whose |dev reward-length Spearman| is at most this")
     ap.add_argument("--reuse", action="store_true", help="keep the runs of --out's JSON and train only the (row, world) pairs it lacks")
+    ap.add_argument("--retrain", nargs="*", default=[], choices=list(VARIANTS), help="with --reuse: train these rows again (their train s then comes from this run)")
     a = ap.parse_args(); os.chdir(ROOT)
     if "last" not in a.variants: a.variants = ["last", *a.variants]
     worlds = [world_name(w) for w in a.worlds]
@@ -115,7 +128,8 @@ def main():
         old = json.loads(Path(a.out + ".json").read_text()); runs = {tuple(r["key"]): r for r in old["runs"]}; cmd = old.get("command", cmd)
     else:
         kept = {tuple(r["key"]): r for r in json.loads(Path(a.out + ".json").read_text())["runs"]} if a.reuse else {}
-        kept = {(v, w): r for (v, w), r in kept.items() if v in ZERO_SHOT or (v in VARIANTS and r.get("rm") == rm | VARIANTS[v])}  # same settings only
+        same = lambda x, y: x is not None and RMConfig.from_params(x) == RMConfig.from_params(y)  # a setting a run did not record had its default
+        kept = {(v, w): r for (v, w), r in kept.items() if v in ZERO_SHOT or (v in VARIANTS and v not in a.retrain and same(r.get("rm"), rm | VARIANTS[v]))}
         with ProcessPoolExecutor(a.workers) as ex:
             futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], train.format(world=w), sets, base)
                     for v in a.variants for w in worlds if (v, w) not in kept}
@@ -134,14 +148,14 @@ def main():
                    "dev_length_spearman": float(np.mean([runs[v, w]["dev_length_spearman"] for w in worlds])) if v in VARIANTS else None,
                    "train_s": float(np.mean([runs[v, w]["train_s"] for w in worlds])) if v in VARIANTS else None,
                    "change": VARIANTS.get(v)}
-    best = choose({v: rows[v] for v in a.variants}, a.max_length_rho)
+    best = choose({v: rows[v] for v in a.variants if "epochs" not in VARIANTS[v]}, a.max_length_rho)  # the study's epochs: its time budget
     write_json(Path(a.out + ".json"), {"command": cmd, "worlds": worlds, "seed": seed, "rm": rm, "variants": rows, "chosen_on_dev": best,
                                        "wall_s": old.get("wall_s") if a.from_json else round(time.perf_counter() - t0), "runs": [r | {"key": list(k)} for k, r in runs.items()]})
     md = ["# Oracle directions on dev", "",
           f"Gold labels (`train_oracle.jsonl`), worlds {', '.join(worlds)}, one model per world and row (`train.rm` plus the row's change, seed {seed}); "
-          "95% intervals from a bootstrap over worlds, then pairs. The choice is made on dev; `test_neutral` (the primary set) is only reported. `lm_*` rows use the base's language-model head untrained. Length ρ: Spearman of reward and answer length over the "
-          "unique answers of a set. The choice, as in the construction ablation: the best dev accuracy among the trained rows whose |dev length ρ| ≤ "
-          f"{a.max_length_rho} (if none, the smallest |dev length ρ|). Train s: mean wall time of one training in the run that trained the row.", "",
+          "95% intervals from a bootstrap over worlds, then pairs. The choice is made on dev; `test_neutral` (the primary set) is only reported. The `(zero-shot)` rows use the base's language-model head untrained; the other `lm*` rows fine-tune it as an implicit reward (`reward: lm`). Length ρ: Spearman of reward and answer length over the "
+          "unique answers of a set. The choice, as in the construction ablation: the best dev accuracy among the trained rows at the study's epochs "
+          f"(more epochs multiply the cost of every training of the study) whose |dev length ρ| ≤ {a.max_length_rho} (if none, the smallest |dev length ρ|). Train s: mean wall time of one training in the run that trained the row.", "",
           "| direction | change of train.rm | dev accuracy | dev, points vs last | dev length ρ | test_neutral accuracy | length ρ | train s |",
           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v, r in rows.items():
@@ -149,8 +163,8 @@ def main():
         dev_rho = "–" if r["dev_length_spearman"] is None else f"{r['dev_length_spearman']:+.3f}"
         md.append(f"| {v}{' (chosen on dev)' if v == best else ''} | {json.dumps(r['change']) if r['change'] else '(zero-shot)'} | {interval_str(r['dev'])} | "
                   f"{interval_str(r['dev_vs_last'], 100, 1)} | {dev_rho} | {interval_str(r['test_neutral'])} | {r['length_spearman']:+.3f} | {secs} |")
-    md += ["", f"The study's head (`train.rm`): pool `{rm['pool']}`, center {rm.get('center', 0.0)}, {rm['epochs']} epochs. Rows with more epochs "
-           "multiply the cost of every training of the study, which its time budget does not allow.", "", cmd]
+    md += ["", f"The study's reward model (`train.rm`): reward `{rm.get('reward', 'head')}`, pool `{rm['pool']}`, center {rm.get('center', 0.0)}, "
+           f"lm_beta {rm.get('lm_beta', 1.0)}, {rm['epochs']} epochs.", "", cmd]
     atomic_write(Path(a.out + ".md"), "\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -104,6 +104,7 @@ def zero_shot(world: str, base: str, sets: dict) -> dict:
 
 def main():
     from dt2it_mrm.core import atomic_write, load_params, write_json, world_name
+    from dataclasses import asdict
     from dt2it_mrm.reward_model import RMConfig
     from dt2it_mrm.stats import diff_of_means, interval_str, mean_of, paired_bootstrap
     params = load_params(ROOT / "params.yaml")
@@ -128,7 +129,10 @@ def main():
         old = json.loads(Path(a.out + ".json").read_text()); runs = {tuple(r["key"]): r for r in old["runs"]}; cmd = old.get("command", cmd)
     else:
         kept = {tuple(r["key"]): r for r in json.loads(Path(a.out + ".json").read_text())["runs"]} if a.reuse else {}
-        same = lambda x, y: x is not None and RMConfig.from_params(x) == RMConfig.from_params(y)  # a setting a run did not record had its default
+        def trained_as(x: dict) -> dict:  # a setting a run did not record had its default; the lm_* settings only act on an implicit reward
+            c = asdict(RMConfig.from_params(x))
+            return {k: v for k, v in c.items() if c["reward"] != "head" or not k.startswith("lm_")}
+        same = lambda x, y: x is not None and trained_as(x) == trained_as(y)
         kept = {(v, w): r for (v, w), r in kept.items() if v in ZERO_SHOT or (v in VARIANTS and v not in a.retrain and same(r.get("rm"), rm | VARIANTS[v]))}
         with ProcessPoolExecutor(a.workers) as ex:
             futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], train.format(world=w), sets, base)

@@ -18,7 +18,7 @@ columns play no part in it.
 Writes reports/bench/construction_ablation.json and .md (the trained models are not kept).
 """
 import argparse, hashlib, json, os, sys, tempfile, time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -71,23 +71,26 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="reports/bench/construction_ablation")
     ap.add_argument("--max-length-rho", type=float, default=0.1, help="the choice: best dev accuracy among variants whose |dev reward-length Spearman| is at most this")
-    ap.add_argument("--reuse", action="store_true", help="keep the runs of --out's JSON whose training file is byte-identical (same sha256) and whose train.rm is the same; train the rest")
+    ap.add_argument("--reuse", action="store_true", help="keep the runs of --out's JSON (and of its .partial.jsonl, left by a run that did not finish) whose training file is byte-identical (same sha256) and whose train.rm is the same; train the rest")
     a = ap.parse_args(); os.chdir(ROOT)
     if "labels_only" not in a.variants: a.variants = ["labels_only", *a.variants]
     worlds = [world_name(w) for w in a.worlds]
     sets = {"dev": params["data"]["dev"], "test_neutral": params["data"]["test_sets"]["test_neutral"]}
     rm, seed = params["train"]["rm"], params["base"]["seed"]
     cdir = str(Path(params["construct"]["out"]).parent.parent)
-    old = {}
-    if a.reuse and Path(a.out + ".json").exists():
-        old = {(r["variant"], r["world"]): r for r in json.loads(Path(a.out + ".json").read_text())["runs"]
-               if r.get("file_sha256") == file_sha(Path(cdir) / r["world"] / "ablation" / f"{r['variant']}.jsonl") and r.get("seed") == seed and r.get("rm") == rm
-               and "dev_length_spearman" in r}
+    partial = Path(a.out + ".partial.jsonl")  # every finished run, appended as it ends: a crashed or stopped run resumes with --reuse
+    found = json.loads(Path(a.out + ".json").read_text())["runs"] if a.reuse and Path(a.out + ".json").exists() else []
+    if a.reuse and partial.exists(): found += [json.loads(l) for l in partial.read_text().splitlines() if l.strip()]
+    old = {(r["variant"], r["world"]): r for r in found
+           if r.get("file_sha256") == file_sha(Path(cdir) / r["world"] / "ablation" / f"{r['variant']}.jsonl") and r.get("seed") == seed and r.get("rm") == rm
+           and "dev_length_spearman" in r}
     todo = [(v, w) for v in a.variants for w in worlds if (v, w) not in old]
     print(f"{len(old)} runs reused, {len(todo)} to train")
-    with ProcessPoolExecutor(a.workers) as ex:
-        futs = {k: ex.submit(job, *k, seed, rm, str(Path(cdir) / k[1] / "ablation" / f"{k[0]}.jsonl"), sets) for k in todo}
-        runs = [old[k] if k in old else futs[k].result() | {"seed": seed, "rm": rm} for k in ((v, w) for v in a.variants for w in worlds)]
+    with ProcessPoolExecutor(a.workers) as ex, partial.open("a") as log:
+        futs = {ex.submit(job, *k, seed, rm, str(Path(cdir) / k[1] / "ablation" / f"{k[0]}.jsonl"), sets): k for k in todo}
+        for f in as_completed(futs):
+            old[futs[f]] = f.result() | {"seed": seed, "rm": rm}; log.write(json.dumps(old[futs[f]]) + "\n"); log.flush()
+    runs = [old[k] for k in ((v, w) for v in a.variants for w in worlds)]
     by = {(r["variant"], r["world"]): r for r in runs}
     base_m = {w: json.loads(Path(f"data/eval/baseline/{w}.json").read_text())["sets"]["test_neutral"]["margin"] for w in worlds}
     cons = {w: json.loads((Path(params["construct"]["report_dir"].format(world=w)) / "construct.json").read_text()) for w in worlds}
@@ -127,7 +130,7 @@ def main():
                   f"{f(r['soft_mass_right_weighted'])} | {r['pairs']:.0f} | {r['train_s']:.0f} |")
     md += ["", "Variants (overrides of `construct`): " + "; ".join(f"`{v}`: {json.dumps(r['change'])}" for v, r in rows.items()),
            "", "    .venv/bin/python benchmarks/construction_ablation.py " + " ".join(sys.argv[1:])]
-    atomic_write(Path(a.out + ".md"), "\n".join(md) + "\n")
+    atomic_write(Path(a.out + ".md"), "\n".join(md) + "\n"); partial.unlink(missing_ok=True)
     print("\n".join(md))
 
 

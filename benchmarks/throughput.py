@@ -1,8 +1,10 @@
 """Scoring throughput: the batched scorer vs a one-record-at-a-time loop (as DT2IT's inference script), same model, same
 items, one run. Writes reports/bench/throughput.json.
 
-The batched scorer is timed as shipped (LoRA folded into dense layers for scoring, `merge=True`) and with the adapters
-kept apart (`merge=False`), so the share of the gain that folding brings is on record. Two models: the study's trained
+The batched scorer is timed as shipped (LoRA folded into dense layers for scoring, `merge=True`, where the reward is
+the value head's; the items of one prompt encoded as one row, `share_prefix=True`), with the adapters kept apart
+(`merge=False`), and with every item its own row (`share_prefix=False`), so the share of the gain that folding and
+prefix sharing bring is on record. Two models: the study's trained
 `oracle` reward model (a tiny base, where per-call overheads are small and the ratio is
 modest), and a fresh reward model on a random base of at least 100M parameters (the memory benchmark's config), closer to
 a real VLM. Both paths must give the same scores.
@@ -25,20 +27,24 @@ from dt2it_mrm.score import RewardScorer, naive_scores
 def compare(rm, items, batch_size: int, repeats: int = 3) -> dict:
     "Time both paths on `items` with reward model `rm`, `repeats` times each (medians; first-call costs excluded)."
     naive_scores(rm, items[:2]); RewardScorer(rm)(items[:2])
-    t_naive, t_batched, t_plain = [], [], []
+    t_naive, t_batched, t_plain, t_sep = [], [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter(); ref = naive_scores(rm, items); t_naive.append(time.perf_counter() - t0)
         scorer = RewardScorer(rm, batch_size=batch_size)  # a fresh scorer: no image features cached, LoRA not folded yet
         t0 = time.perf_counter(); got = scorer(items); t_batched.append(time.perf_counter() - t0)
         plain = RewardScorer(rm, batch_size=batch_size, merge=False)  # the same, LoRA kept apart: what folding adds
         t0 = time.perf_counter(); got_plain = plain(items); t_plain.append(time.perf_counter() - t0)
-    diff = float(max(np.abs(ref - got).max(), np.abs(ref - got_plain).max()))
+        sep = RewardScorer(rm, batch_size=batch_size, share_prefix=False)  # the same, every item its own row: what prefix sharing adds
+        t0 = time.perf_counter(); got_sep = sep(items); t_sep.append(time.perf_counter() - t0)
+    diff = float(max(np.abs(ref - got).max(), np.abs(ref - got_plain).max(), np.abs(ref - got_sep).max()))
     assert diff < 1e-3 * max(1.0, float(np.abs(ref).max())), f"batched and one-at-a-time scores disagree by {diff}"
-    tn, tb, tp = (float(np.median(t)) for t in (t_naive, t_batched, t_plain))
+    tn, tb, tp, ts = (float(np.median(t)) for t in (t_naive, t_batched, t_plain, t_sep))
     return {"items": len(items), "distinct_images": len({it["image"] for it in items}), "batch_size": batch_size, "repeats": repeats,
             "one_at_a_time_s": tn, "batched_s": tb, "batched_unfolded_s": tp, "one_at_a_time_items_per_s": len(items) / tn,
             "batched_items_per_s": len(items) / tb, "speedup": tn / tb, "speedups": [n / b for n, b in zip(t_naive, t_batched)],
-            "speedup_unfolded": tn / tp, "max_abs_score_diff": diff}
+            "speedup_unfolded": tn / tp, "batched_separate_rows_s": ts, "speedup_separate_rows": tn / ts,
+            "max_abs_score_diff": diff, "max_abs_score_diff_shared_vs_separate": float(np.abs(got - got_sep).max()),
+            "reward": rm.cfg.reward}
 
 
 def main():

@@ -19,17 +19,18 @@ from .config import Bool, Check, Int, Num, OneOf, Opt, Str, check_fields, check_
 from .core import read_json, seed_everything, stable_hash, write_json
 from .data import load_image
 from .vlm import (ATTN_IMPLS, IMAGE_ONLY_KEYS, autocast, blank_image, cat_pieces, collate, default_device, encode_image, encode_images,
-                  encode_texts, image_features, last_index, load_base, load_processor, model_device, piece_bytes, to_device, with_features)
+                  encode_texts, image_features, last_index, TEXT_KEYS, load_base, load_processor, model_device, piece_bytes, to_device, with_features)
 
 # %% auto #0
 __all__ = ['FUSIONS', 'POOLS', 'REWARDS', 'PENALTY_BIAS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'MIXED_PRECISION',
            'BLANK', 'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image',
            'item_images', 'images_field', 'ItemData', 'pair_items', 'pair_meta', 'PairData', 'CrossHead', 'pool_answer',
-           'RewardModel', 'info_nce', 'lora_config', 'text_hidden', 'place_heads', 'build_reward_model', 'trainable',
-           'lr_lambda', 'pair_order', 'FeatureCache', 'features_by_key', 'blank_tensors', 'rewards', 'reference_logps',
-           'pair_accuracy', 'pair_loss', 'default_accelerator', 'fit', 'base_fingerprint', 'model_fingerprint',
-           'head_state', 'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble',
-           'member_paths', 'members_saw']
+           'row_positions', 'common_prefix', 'pack_rows', 'pair_groups', 'RewardModel', 'info_nce', 'lora_config',
+           'text_hidden', 'place_heads', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order', 'FeatureCache',
+           'features_by_key', 'blank_tensors', 'rewards', 'row_positions_of', 'reference_logps', 'pair_accuracy',
+           'pair_loss', 'default_accelerator', 'fit', 'base_fingerprint', 'model_fingerprint', 'head_state',
+           'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths',
+           'members_saw']
 
 # %% ../nbs/06b_reward_model.ipynb #b9224678
 def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
@@ -89,6 +90,7 @@ class RMConfig:
     min_pixels: int | None = None # fewest pixels an image is resized to (Qwen-family processors; None: the checkpoint's setting)
     max_pixels: int | None = None # most pixels an image is resized to (None: the checkpoint's setting)
     max_length: int | None = None # most tokens of a row: longer pairs are skipped from training (counted, warned), longer items refused by scoring (None: no limit)
+    share_prefix: bool = False  # training encodes a pair's shared prompt (image, question, template) once: one row per pair, its two answers behind a block mask
     image_cache_mb: float = 4096 # image tensors kept in memory per data set; beyond, they are re-encoded when their features are needed
     feature_cache_mb: float = 4096 # image features kept per data set; beyond, features are computed per batch and kept in an LRU of this size
     seed: int = 0
@@ -97,6 +99,8 @@ class RMConfig:
         check_fields(self, RM_SCHEMA, "RMConfig")
         if self.pool != "last" and self.fusion not in ("early", "contrastive"):
             raise ValueError(f"RMConfig: pool {self.pool!r} needs fusion early or contrastive (the {self.fusion!r} head reads the last token), got fusion {self.fusion!r}")
+        if self.share_prefix and self.attn_implementation == "flash_attention_2":
+            raise ValueError("RMConfig: share_prefix needs a 4-D attention mask, which flash_attention_2 does not take; use sdpa or eager")
         if self.reward != "head" and self.fusion not in ("early", "contrastive"):
             raise ValueError(f"RMConfig: reward {self.reward!r} needs fusion early or contrastive (the language model must see the image), got fusion {self.fusion!r}")
 
@@ -114,7 +118,7 @@ RM_SCHEMA = {"quant": OneOf("4bit", "8bit", "none"), "lora_r": Int(1), "lora_alp
              "batch_size": Int(1), "grad_accum": Int(1), "lr": Num(0, lo_open=True), "schedule": OneOf("cosine", "linear", "constant"),
              "warmup": Int(0), "weight_decay": Num(0), "max_grad_norm": Num(0, lo_open=True), "grad_ckpt": Bool(),
              "group_by_length": Bool(), "eval_every": Int(0), "blank_image": Bool(), "blank_size": Int(28),
-             "min_pixels": Opt(Int(1)), "max_pixels": Opt(Int(1)), "max_length": Opt(Int(1)), "image_cache_mb": Num(0),
+             "min_pixels": Opt(Int(1)), "max_pixels": Opt(Int(1)), "max_length": Opt(Int(1)), "share_prefix": Bool(), "image_cache_mb": Num(0),
              "feature_cache_mb": Num(0), "seed": Int(),
              "compute_dtype": OneOf("float32", "bf16", "fp16"), "attn_implementation": OneOf(*ATTN_IMPLS, null=True)}
 
@@ -143,6 +147,7 @@ def _row_key(keys: list[str]): return keys[0] if len(keys) == 1 else tuple(keys)
 class ItemData:
     "Encoded scorer items (`image`: a path, a list of paths or None; `question`; `answer`; optional `system`), image tensors stored once per distinct image."
     lm_reference: torch.Tensor | None = None  # the frozen base's answer log-probability per row, once `fit` has computed it (implicit rewards)
+    positions: list | None = None  # each row's position ids, once `fit` has computed them (`row_positions_of`): batches carry them
     def __init__(self, processor, items: Sequence[dict], # {"image": path | [paths] | None, "question", "answer", "system"?}
                  blank: bool = False,       # blank every image
                  image_root: str | Path | None = None,
@@ -182,7 +187,11 @@ class ItemData:
     def batch(self, idx: Sequence[int]) -> dict:
         "The padded batch of rows `idx`, with pixels (without them once some image tensors were not kept: the model takes features)."
         store = self.light if self.dropped else self.images
-        return collate([self.texts[i] for i in idx], [store[k] for i in idx for k in self.row_images(i)], self.pad_id)
+        b = collate([self.texts[i] for i in idx], [store[k] for i in idx for k in self.row_images(i)], self.pad_id)
+        if self.positions is not None:
+            T = b["input_ids"].shape[1]
+            b["position_ids"] = torch.stack([F.pad(self.positions[i], (0, T - self.positions[i].shape[-1])) for i in idx], -2)
+        return b
 
 def pair_items(records: Sequence[dict]) -> list[dict]:
     "Scorer items of pairs: every chosen answer, then every rejected one (every image of a record; its system prompt if any)."
@@ -248,6 +257,56 @@ def pool_answer(scores: torch.Tensor,      # (rows, tokens): the head's score of
     s = (scores * a).sum(1)
     return s if how == "sum" else s / a.sum(1).clamp(min=1)
 
+def row_positions(backbone,      # the VLM without its language-model head (`RewardModel.backbone`)
+                  batch: dict,   # a right-padded batch
+                 ) -> torch.Tensor:
+    "Each token's position ids as the model computes them: (3, rows, tokens) multimodal rope for the Qwen families, else (rows, tokens)."
+    if hasattr(backbone, "get_rope_index") and "mm_token_type_ids" in batch:
+        grids = {k: batch[k] for k in ("image_grid_thw", "video_grid_thw") if k in batch}
+        return backbone.get_rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"], attention_mask=batch["attention_mask"], **grids)[0]
+    return (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+
+def common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    "The length of the token prefix every row shares."
+    s = min(map(len, rows))
+    for r in rows[1:]: s = next((j for j in range(s) if r[j] != rows[0][j]), s)
+    return s
+
+def pack_rows(batch: dict,              # a right-padded batch whose rows fall into groups answering the same prompt
+              positions: torch.Tensor,  # its position ids (`row_positions`)
+              groups: Sequence[Sequence[int]], # row indices of each group (every row in exactly one)
+              image_token_id: int | None = None, # refuse (return None) where an image token would fall outside a group's shared prefix
+              mask_dtype: torch.dtype | None = None, # None: a boolean mask (sdpa); a float dtype: an additive mask (eager)
+             ) -> tuple[dict, torch.Tensor] | None:
+    "One row per group: its rows' common prefix once, then the rest of each row; a block mask (no row sees another's rest) and each token's own position ids; with the index that maps the packed hidden states back to the rows."
+    ids, m = batch["input_ids"], batch["attention_mask"].bool()
+    dev, T, L, rows = ids.device, ids.shape[1], m.sum(1).tolist(), ids.tolist()
+    src_row, src_pos, seg, back = [], [], [], [None] * len(rows)
+    for gi, g in enumerate(groups):
+        s = common_prefix([rows[r][:L[r]] for r in g])
+        sr, sp, sg = [g[0]] * s, list(range(s)), [0] * s
+        for n, r in enumerate(g, 1):
+            back[r] = (gi, list(range(s)) + list(range(len(sr), len(sr) + L[r] - s)))
+            sr += [r] * (L[r] - s); sp += range(s, L[r]); sg += [n] * (L[r] - s)
+            if image_token_id is not None and image_token_id in rows[r][s:L[r]]: return None
+        src_row.append(sr); src_pos.append(sp); seg.append(sg)
+    P = max(map(len, seg)); pad = lambda xs, v: torch.tensor([x + [v] * (P - len(x)) for x in xs], device=dev)
+    src_row, src_pos, seg = pad(src_row, 0), pad(src_pos, 0), pad(seg, -1)
+    valid, j = seg >= 0, torch.arange(P, device=dev)
+    allow = (j[:, None] >= j[None, :])[None] & valid[:, None, :] & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[..., None]))
+    allow |= torch.eye(P, dtype=torch.bool, device=dev)[None] & ~valid[..., None]  # a padding token sees itself (no empty softmax row)
+    allow = allow[:, None]
+    out = {"attention_mask": allow if mask_dtype is None else torch.zeros(allow.shape, dtype=mask_dtype, device=dev).masked_fill(~allow, torch.finfo(mask_dtype).min),
+           "position_ids": positions[..., src_row, src_pos]}
+    for key in TEXT_KEYS:  # per-token tensors; per-image ones (pixels, grids) are not needed once features and positions are given
+        if key in batch: out[key] = torch.where(valid, batch[key][src_row, src_pos], batch[key][src_row[:, :1], 0] if key == "input_ids" else 0)
+    idx = torch.tensor([[gi * P + x for x in loc] + [gi * P] * (T - len(loc)) for gi, loc in back], device=dev)
+    return out, idx
+
+def pair_groups(n_rows: int) -> list[list[int]]:
+    "The groups of a pair batch: row i and row k + i answer the same prompt."
+    return [[i, n_rows // 2 + i] for i in range(n_rows // 2)]
+
 class RewardModel(nn.Module):
     "A VLM with LoRA adapters and a fusion head, scoring (image, question, answer) rows."
     def __init__(self, vlm,           # the PEFT-wrapped base VLM
@@ -265,28 +324,47 @@ class RewardModel(nn.Module):
 
     def sees_image(self) -> bool: return self.cfg.fusion in ("early", "contrastive")
 
+    def base(self):
+        "The VLM inside the PEFT wrapper."
+        return self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
+
     def backbone(self):
         "The VLM without its language-model head (LoRA layers inside): hidden states, no vocabulary logits."
-        return (self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm).model
+        return self.base().model
+
+    def hidden_states(self, batch: dict, view: Sequence[dict],
+                      groups: Sequence[Sequence[int]] | None = None, # rows answering the same prompt (e.g. `pair_groups`): their shared prefix is encoded once (`pack_rows`)
+                     ) -> torch.Tensor:
+        "The last hidden states of the rows of `batch`, the same whether rows share their prefix or not."
+        bb = self.backbone()
+        if groups is not None:
+            eager = getattr(bb.config, "_attn_implementation", None) == "eager"
+            pos = batch.get("position_ids"); pos = row_positions(bb, batch) if pos is None else pos
+            packed = pack_rows(batch, pos, groups, getattr(self.base().config, "image_token_id", None), bb.get_input_embeddings().weight.dtype if eager else None)
+            if packed is not None:
+                h = bb(**with_features(packed[0], [view[g[0]] for g in groups]), use_cache=False).last_hidden_state
+                return h.reshape(-1, h.shape[-1])[packed[1].reshape(-1)].view(*packed[1].shape, -1)
+        return bb(**with_features(batch, view), use_cache=False).last_hidden_state
 
     def answer_logp(self, h: torch.Tensor, input_ids: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
         "Each row's summed log-probability of its answer tokens under the language-model head, from the hidden states `h`."
-        base = self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
-        lp = base.get_output_embeddings()(h[:, :-1]).float().log_softmax(-1)
-        return (lp.gather(-1, input_ids[:, 1:, None])[..., 0] * answer[:, 1:]).sum(1)
+        sel = answer[:, 1:].bool()  # the vocabulary projection only where an answer token is predicted
+        lp = self.base().get_output_embeddings()(h[:, :-1][sel]).float().log_softmax(-1)
+        tok = torch.zeros(sel.shape, dtype=lp.dtype, device=lp.device)
+        tok[sel] = lp.gather(-1, input_ids[:, 1:][sel][:, None])[:, 0]
+        return tok.sum(1)
 
     @torch.no_grad()
-    def reference_logp(self, batch: dict, answer: torch.Tensor, pieces: Sequence[dict], blank: Sequence[dict] | None) -> torch.Tensor:
+    def reference_logp(self, batch: dict, answer: torch.Tensor, pieces: Sequence[dict], blank: Sequence[dict] | None,
+                       groups: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
         "The frozen base's (adapters off) summed answer log-probability, seeing a blank image or the row's own per `cfg.lm_reference`."
         view = pieces if self.cfg.lm_reference == "image" else self.blank_view(batch, blank)
-        with self.vlm.disable_adapter():
-            h = self.backbone()(**with_features(batch, view), use_cache=False).last_hidden_state
+        with self.vlm.disable_adapter(): h = self.hidden_states(batch, view, groups)
         return self.answer_logp(h, batch["input_ids"], answer)
 
     def blank_view(self, batch: dict, blank: Sequence[dict]) -> list[dict]:
         "Each row's blanked image features, once per image of the row (rows whose images take another token count than the blank are refused)."
-        base = self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
-        n_rows = (batch["input_ids"] == base.config.image_token_id).sum(1).tolist(); out = []
+        n_rows = (batch["input_ids"] == self.base().config.image_token_id).sum(1).tolist(); out = []
         for i, (n, b) in enumerate(zip(n_rows, blank)):
             k, r = divmod(n, len(b["pooler_output"]))
             if r or not k: raise ValueError(f"row {i}: {n} image tokens, not a multiple of the blanked image's {len(b['pooler_output'])}: fusion "
@@ -298,11 +376,12 @@ class RewardModel(nn.Module):
     def forward(self, batch: dict,           # a padded batch (from `ItemData.batch`)
                 pieces: Sequence[dict],      # image features of each row's image
                 blank: Sequence[dict] | None = None, # image features of the blanked image, per row (late/cross)
+                groups: Sequence[Sequence[int]] | None = None, # rows answering the same prompt: their shared prefix is encoded once (`pack_rows`)
                ) -> dict:
         "Rewards of the rows of `batch` (and, for `contrastive`, the pooled text and image embeddings)."
         view = pieces if self.sees_image() else self.blank_view(batch, blank)
         batch = dict(batch); answer = batch.pop("answer_mask", None); ref = batch.pop("lm_reference", None)
-        h = self.backbone()(**with_features(batch, view), use_cache=False).last_hidden_state
+        h = self.hidden_states(batch, view, groups)
         mask = batch["attention_mask"]
         last = h[torch.arange(len(h), device=h.device), last_index(mask)]
         img_tokens = [p["pooler_output"] for p in pieces]
@@ -312,7 +391,7 @@ class RewardModel(nn.Module):
                 r = self.head(last).squeeze(-1) if self.cfg.pool == "last" else pool_answer(self.head(h).squeeze(-1), answer, self.cfg.pool)
             if self.cfg.reward != "head":
                 if answer is None: raise ValueError(f"reward {self.cfg.reward!r} needs the batch's answer_mask (rows encoded by ItemData)")
-                if ref is None: ref = self.reference_logp(batch, answer, pieces, blank)
+                if ref is None: ref = self.reference_logp(batch, answer, pieces, blank, groups)
                 r = r + self.cfg.lm_beta * (self.answer_logp(h, batch["input_ids"], answer) - ref.to(h.device))
             if self.cfg.fusion == "early": return {"rewards": r}
             img = torch.stack([t.mean(0) for t in img_tokens])
@@ -479,6 +558,15 @@ def rewards(rm: RewardModel, data: ItemData, feats: dict, rows: Sequence[int] | 
     return torch.cat(out).cpu().numpy() if out else np.zeros(0)
 
 @torch.no_grad()
+def row_positions_of(rm: RewardModel, data: ItemData, batch_size: int = 64) -> list[torch.Tensor]:
+    "Every row's position ids (`row_positions`), computed once: they depend on a row's tokens and image grids only, so `fit` stores them in `data.positions`."
+    bb, out = rm.backbone(), []
+    for s in range(0, len(data), batch_size):
+        idx = list(range(s, min(len(data), s + batch_size))); pos = row_positions(bb, data.batch(idx))
+        out += [pos[..., r, :len(data.texts[i]["input_ids"])].clone() for r, i in enumerate(idx)]
+    return out
+
+@torch.no_grad()
 def reference_logps(rm: RewardModel, data: ItemData, feats: dict, batch_size: int = 64) -> torch.Tensor:
     "The implicit reward's reference (`RewardModel.reference_logp`) of every row of `data`: the base is frozen, so `fit` computes it once."
     out = []
@@ -501,7 +589,7 @@ def pair_loss(rm, data: PairData, feats: dict,
     rows = data.pair_rows(pairs); k = len(pairs); scale = 1 / k if scale is None else scale
     dev = model_device(rm) if device is None else device
     batch = data.batch(rows) | ({} if data.lm_reference is None else {"lm_reference": data.lm_reference[rows]})
-    out = rm(to_device(batch, dev), to_device([feats[data.keys[j]] for j in rows], dev), to_device([feats[BLANK]] * len(rows), dev))
+    out = rm(to_device(batch, dev), to_device([feats[data.keys[j]] for j in rows], dev), to_device([feats[BLANK]] * len(rows), dev), groups=pair_groups(len(rows)) if cfg.share_prefix else None)
     r = out["rewards"]
     pick = lambda t: None if t is None else t[pairs].to(r.device)
     loss = bt_loss(r[:k], r[k:], pick(data.weight), cfg.margin, reduction="none", target=pick(data.target), offset=pick(data.offset)).sum() * scale
@@ -565,6 +653,7 @@ def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
         inner = acc.unwrap_model(model)
         feats = features_by_key(inner, data, {BLANK: blank})
         eval_feats = {name: features_by_key(inner, d, {BLANK: blank}) for name, d in (evals or {}).items()}
+        data.positions = row_positions_of(inner, data)
         if cfg.reward != "head": data.lm_reference = reference_logps(inner, data, feats)
     model.train(); hist, t0 = [], time.perf_counter()
     bar = tqdm(total=steps, desc=f"train rm ({cfg.fusion})", disable=not progress or not acc.is_main_process, mininterval=10)
@@ -601,7 +690,7 @@ def base_fingerprint(base: str | Path) -> str:
     return stable_hash((b / "config.json").read_text(encoding="utf-8"), files, proc)
 
 _NEW_SETTINGS = {"compute_dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None, "max_length": None, "pool": "last", "center": 0.0,
-                 "reward": "head", "lm_beta": 1.0, "lm_reference": "blank"}  # settings added after models were fingerprinted, with their defaults
+                 "reward": "head", "lm_beta": 1.0, "lm_reference": "blank", "share_prefix": False}  # settings added after models were fingerprinted, with their defaults
 
 def model_fingerprint(rm: "RewardModel") -> str:
     "The identity of a reward model's scores: its base (`base_fingerprint`), its config, and the bytes of every adapter and head weight."

@@ -17,14 +17,14 @@ from tqdm.auto import tqdm
 
 from .core import jsonl_line, jsonl_lines, read_json, stable_hash, write_json
 from .data import load_image
-from .reward_model import (BLANK, FeatureCache, ItemData, RewardModel, blank_tensors, images_field, item_images, load_reward_model,
-                           model_fingerprint, member_paths)
+from .reward_model import (BLANK, FeatureCache, ItemData, RewardModel, blank_tensors, common_prefix, images_field, item_images,
+                                    load_reward_model, model_fingerprint, member_paths)
 from .vlm import as_dtype, autocast, blank_image, chat_text, image_features, load_processor, model_device, piece_bytes, split_images, to_device
 
 # %% auto #0
-__all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'merged_lora_layers', 'swapped', 'item_key', 'RewardScorer',
-           'load_ensemble', 'naive_scores', 'read_scored', 'unique_items', 'scorer_file', 'claim_output',
-           'score_to_jsonl', 'read_scores', 'record_items', 'main']
+__all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'merged_lora_layers', 'swapped', 'item_key', 'packed_length',
+           'prompt_batches', 'RewardScorer', 'load_ensemble', 'naive_scores', 'read_scored', 'unique_items',
+           'scorer_file', 'claim_output', 'score_to_jsonl', 'read_scores', 'record_items', 'main']
 
 # %% ../nbs/06c_score.ipynb #1502ff21
 class MergedLinear(nn.Module):
@@ -74,6 +74,38 @@ def item_key(item: dict) -> str:
     if item.get("system") is None: return stable_hash(image, item["question"], item["answer"], n=24)
     return stable_hash(image, item["question"], item["answer"], {"system": item["system"]}, n=24)
 
+def packed_length(ids: Sequence[Sequence[int]]) -> int:
+    "Tokens of rows packed as one (`reward_model.pack_rows`): their common prefix once, then each row's rest."
+    return sum(map(len, ids)) - (len(ids) - 1) * common_prefix(ids)
+
+def prompt_batches(lens: Sequence[int],   # each item's token length
+                   keys: Sequence[str],   # each item's `item_key` (a stable order among equals)
+                   prompt,                # item index -> what items answering the same prompt share (items of one prompt go into one batch)
+                   batch_size: int,       # most rows per batch
+                   max_tokens: int | None = None, # most padded tokens per batch (groups x their longest packed row); None: rows only
+                   ids: Sequence[Sequence[int]] | None = None, # each item's token ids: a group's packed length (`packed_length`); None: its rows' summed length
+                  ) -> list[list[list[int]]]:
+    "Batches of item groups: items of one prompt together (a group larger than `batch_size` cut into pieces), groups sorted by their longest item, cut by rows and padded tokens."
+    by: dict = {}
+    for i in range(len(lens)): by.setdefault(prompt(i), []).append(i)
+    groups = [sorted(g, key=lambda i: (lens[i], keys[i])) for g in by.values()]
+    groups = [g[s:s + batch_size] for g in groups for s in range(0, len(g), batch_size)]
+    groups.sort(key=lambda g: (max(lens[i] for i in g), keys[g[0]]))
+    cost = lambda g: lens[g[0]] if len(g) == 1 else packed_length([ids[i] for i in g]) if ids is not None else sum(lens[i] for i in g)
+    out, cur, longest = [], [], 0
+    for g in groups:
+        c = cost(g)
+        if cur and (sum(map(len, cur)) + len(g) > batch_size or (max_tokens is not None and (len(cur) + 1) * max(longest, c) > max_tokens)):
+            out.append(cur); cur, longest = [], 0
+        cur.append(g); longest = max(longest, c)
+    return out + ([cur] if cur else [])
+
+def _local(groups: Sequence[Sequence[int]]) -> list[list[int]]:
+    "The groups of a batch as positions in its row list (rows in group order)."
+    out, n = [], 0
+    for g in groups: out.append(list(range(n, n + len(g)))); n += len(g)
+    return out
+
 class RewardScorer:
     "Score items with one reward model or the mean of several (an ensemble)."
     def __init__(self, models: RewardModel | Sequence[RewardModel],
@@ -81,9 +113,11 @@ class RewardScorer:
                  image_root: str | Path | None = None,
                  cache_size: int = 4096,          # image features kept between calls
                  merge: bool = True,              # score LoRA projections as dense fp32 layers (faster; more memory)
+                 share_prefix: bool = True,       # items with the same image(s), question and system prompt are encoded as one row, their prompt once (not with flash attention)
+                 max_tokens: int | None = None,   # most padded tokens per forward pass as well as `batch_size` rows (long items, e.g. large images, get smaller batches)
                 ):
         self.models = [models] if isinstance(models, RewardModel) else list(models)
-        self.batch_size, self.image_root, self.cache_size, self.merge = batch_size, image_root, cache_size, merge
+        self.batch_size, self.image_root, self.cache_size, self.merge, self.share_prefix, self.max_tokens = batch_size, image_root, cache_size, merge, share_prefix, max_tokens
         c0 = self.models[0].cfg; enc = lambda c: (c.min_pixels, c.max_pixels, c.max_length, c.blank_size)
         if bad := [i for i, m in enumerate(self.models) if enc(m.cfg) != enc(c0)]:
             raise ValueError(f"members {bad} encode inputs differently from member 0 (min_pixels, max_pixels, max_length, blank_size: "
@@ -142,17 +176,19 @@ class RewardScorer:
                 raise ValueError(f"{len(long)} of {len(items)} items have more than max_length={c0.max_length} tokens (e.g. item {long[0]}: "
                                  f"{data.lengths()[long[0]]} tokens, image {items[long[0]]['image']!r}); the scorer refuses rather than truncate")
             lens, keys = data.lengths(), [item_key(it) for it in items]
-            order = sorted(range(len(items)), key=lambda i: (lens[i], keys[i]))
             for j, m in enumerate(self.models):
                 if m.cfg.blank_image != blank: continue
+                share = self.share_prefix and m.cfg.attn_implementation != "flash_attention_2"
+                prompt = (lambda i: (str(data.keys[i]), items[i]["question"], items[i].get("system"))) if share else (lambda i: i)
                 feats = self._features(m, data); m.eval(); dev = model_device(m)
                 if self.merge and j not in self._merged:  # not under an implicit reward: its reference switches the adapters off, which folded layers cannot
                     self._merged[j] = merged_lora_layers(m) if m.cfg.reward == "head" else {}
                 with swapped(m, self._merged.get(j, {})), autocast(m.cfg.compute_dtype, dev):
-                    for s in range(0, len(order), self.batch_size):
-                        rows = order[s:s + self.batch_size]
+                    ids = [t["input_ids"].tolist() for t in data.texts] if share and self.max_tokens else None
+                    for groups in prompt_batches(lens, keys, prompt, self.batch_size, self.max_tokens, ids):
+                        rows = [i for g in groups for i in g]; local = _local(groups)
                         r = m(to_device(data.batch(rows), dev), to_device([feats[data.keys[i]] for i in rows], dev),
-                              to_device([feats[BLANK]] * len(rows), dev))["rewards"]
+                              to_device([feats[BLANK]] * len(rows), dev), groups=local if len(local) < len(rows) else None)["rewards"]
                         out[j, rows] = r.double().cpu().numpy()
         return out
 

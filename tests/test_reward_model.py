@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from rm_fixtures import ROOT, _env, make_base, run_py
 from dt2it_mrm.reward_model import (BLANK, FUSIONS, PENALTY_BIAS, PairData, pair_items, RMConfig, blank_tensors, bt_loss, build_reward_model,
-                                    features_by_key, fit, load_reward_model, member_paths, pair_loss, pool_answer, rewards,
+                                    features_by_key, fit, pack_rows, pair_groups, row_positions, row_positions_of, load_reward_model, member_paths, pair_loss, pool_answer, rewards,
                                     train_ensemble, train_reward_model, trainable)
 from dt2it_mrm.vlm import FAMILIES, load_processor, quantized_modules
 
@@ -277,6 +277,41 @@ def test_the_implicit_reward_trains_from_a_reference_computed_once(base, pairs):
     assert all(torch.equal(p, head[n]) for n, p in rm.head.named_parameters())
     # the untrained implicit reward with a blank reference is the visual PMI: the reference is its second term
     assert np.abs(rewards(rm, data, feats) - untrained).max() > 1e-3 and ref.abs().min() > 0
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_pair_encoded_with_its_prompt_once_gives_the_hidden_states_loss_gradients_and_training_of_separate_rows(family, attn, tokenizer, pairs, tmp_path):
+    "share_prefix packs a pair into one row (prompt once, answers behind a block mask, their own positions): the same numbers to 1e-5, with fewer tokens; so do positions computed once."
+    path = make_base(tokenizer, family, tmp_path / family)
+    cfg = RMConfig(lora_r=4, reward="head_lm", pool="sum", attn_implementation=attn, epochs=2, batch_size=4, lr=5e-3, warmup=1, seed=0)
+    rm = build_reward_model(path, cfg); proc, data = _data(path, pairs[:6]); feats = _feats(rm, proc, data)
+    torch.manual_seed(1)
+    for p in trainable(rm).values(): torch.nn.init.normal_(p, std=0.05)  # adapters and head that act
+    rows = data.pair_rows(range(6)); b = data.batch(rows); b.pop("answer_mask"); view = [feats[data.keys[j]] for j in rows]
+    packed, idx = pack_rows(b, row_positions(rm.backbone(), b), pair_groups(12))
+    assert len(packed["input_ids"]) == 6 and (idx < 6 * packed["input_ids"].shape[1]).all()
+    m = b["attention_mask"].bool()
+    assert int(m.sum()) - len(idx[m].unique()) >= 6 * 10  # tokens encoded once for both answers: at least the image and the question of each pair
+    with torch.no_grad(): sep, one = rm.hidden_states(b, view), rm.hidden_states(b, view, pair_groups(12))
+    assert (sep - one)[m].abs().max() < 1e-5
+    data.positions = row_positions_of(rm, data)  # what fit stores: each row's positions, computed once, carried by its batches
+    bp = data.batch(rows); bp.pop("answer_mask")
+    assert bp["position_ids"].shape[-2:] == m.shape
+    with torch.no_grad(): assert torch.allclose(rm.hidden_states(bp, view)[m], sep[m], atol=1e-6) and torch.allclose(rm.hidden_states(bp, view, pair_groups(12))[m], sep[m], atol=1e-5)
+    grads = {}
+    for share in (False, True):
+        c = RMConfig.from_params(vars(cfg), share_prefix=share); rm.zero_grad()
+        loss = pair_loss(rm, data, feats, list(range(6)), c); loss.backward()
+        grads[share] = (loss.item(), {n: p.grad.clone() for n, p in trainable(rm).items() if p.grad is not None})
+    assert grads[True][0] == pytest.approx(grads[False][0], abs=1e-5) and grads[True][1].keys() == grads[False][1].keys()
+    assert all(torch.allclose(grads[True][1][n], g, atol=1e-5, rtol=1e-4) for n, g in grads[False][1].items())
+    trained = {}
+    for share in (False, True):
+        c = RMConfig.from_params(vars(cfg), share_prefix=share); r = build_reward_model(path, c)
+        fit(r, _data(path, pairs[:8])[1], c, progress=False); trained[share] = trainable(r)
+    assert any(p.abs().max() > 1e-3 for n, p in trained[False].items() if "lora_B" in n)  # training moved the adapters
+    assert all(torch.allclose(trained[True][n], p, atol=1e-5) for n, p in trained[False].items())
 
 
 def test_gradient_accumulation_and_checkpointing_train_the_same_weights(base, pairs):

@@ -42,13 +42,13 @@ def test_the_new_settings_default_to_todays_behaviour_and_leave_the_fingerprint_
     assert cfg.compute_dtype == "float32" and cfg.attn_implementation is None and cfg.pool == "last"
     rm = build_reward_model(base, cfg)
     assert all(p.dtype == torch.float32 for p in rm.parameters() if p.dtype.is_floating_point)
-    new = ("compute_dtype", "attn_implementation", "min_pixels", "max_pixels", "max_length", "image_cache_mb", "feature_cache_mb", "pool", "center", "reward", "lm_beta", "lm_reference")
+    new = ("compute_dtype", "attn_implementation", "min_pixels", "max_pixels", "max_length", "image_cache_mb", "feature_cache_mb", "pool", "center", "reward", "lm_beta", "lm_reference", "share_prefix")
     old = {k: v for k, v in asdict(cfg).items() if k not in new}  # the config before these settings
     h = __import__("hashlib").sha256()
     for n, t in sorted((n, p) for n, p in rm.named_parameters() if "lora_" in n or not n.startswith("vlm.")):
         h.update(n.encode()); h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     assert model_fingerprint(rm) == stable_hash(base_fingerprint(base), old, h.hexdigest())
-    for change in ({"compute_dtype": "bf16"}, {"pool": "sum"}, {"reward": "lm"}):
+    for change in ({"compute_dtype": "bf16"}, {"pool": "sum"}, {"reward": "lm"}, {"share_prefix": True}):
         rm.cfg = RMConfig(**SMALL, **change)
         assert model_fingerprint(rm) != stable_hash(base_fingerprint(base), old, h.hexdigest())  # a setting that changes scores changes it
 
@@ -56,6 +56,7 @@ def test_the_new_settings_default_to_todays_behaviour_and_leave_the_fingerprint_
 def test_bad_precision_and_attention_settings_get_clear_errors(base):
     with pytest.raises(ConfigError, match="compute_dtype"): RMConfig(compute_dtype="fp64")
     with pytest.raises(ConfigError, match="attn_implementation"): RMConfig.from_params({"attn_implementation": "fast"})
+    with pytest.raises(ValueError, match="share_prefix needs a 4-D attention mask"): RMConfig(share_prefix=True, attn_implementation="flash_attention_2")
     with pytest.raises(ValueError, match="fp16 needs a GPU"): build_reward_model(base, RMConfig(compute_dtype="fp16", **SMALL), device="cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="flash_attention_2.*CUDA"): load_base(base, "none", attn_implementation="flash_attention_2")

@@ -14,7 +14,7 @@ from rm_fixtures import ROOT, _env, read_jsonl
 from dt2it_mrm.reward_model import (BLANK, PairData, RMConfig, blank_tensors, build_reward_model, features_by_key, pair_items, pair_loss,
                                     train_ensemble, train_reward_model, trainable)
 from dt2it_mrm.vlm import load_processor
-from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, merged_lora_layers, naive_scores, read_scored, score_to_jsonl
+from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, merged_lora_layers, naive_scores, packed_length, prompt_batches, read_scored, score_to_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,37 @@ def test_implicit_reward_scores_match_the_one_at_a_time_loop_and_survive_a_reloa
     np.testing.assert_allclose(got, naive_scores(rm, items), atol=1e-4)
     np.testing.assert_allclose(RewardScorer.load(tmp_path / "rm", batch_size=3)(items), got, atol=1e-4)
     assert np.unique(got).size > 4
+
+def test_prompt_batches_keep_a_prompts_items_together_and_every_item_once():
+    lens = [5, 9, 7, 7, 3, 8, 6]; keys = [str(i) for i in range(7)]; prompt = lambda i: "abcabdd"[i]
+    b = prompt_batches(lens, keys, prompt, 3)
+    assert sorted(i for bt in b for g in bt for i in g) == list(range(7)) and all(sum(map(len, bt)) <= 3 for bt in b)
+    assert all(len({prompt(i) for i in g}) == 1 for bt in b for g in bt) and [sorted(g) for bt in b for g in bt if prompt(g[0]) == "d"] == [[5, 6]]
+    assert [g for bt in prompt_batches(lens, keys, lambda i: i, 3) for g in bt] == [[4], [0], [6], [2], [3], [5], [1]]  # no sharing: by length, as before
+    tb = prompt_batches(lens, keys, lambda i: i, 3, max_tokens=16)  # a token budget: 2 rows of up to 8 tokens, then 1 of 9
+    assert [[g[0] for g in bt] for bt in tb] == [[4, 0], [6, 2], [3, 5], [1]] and all(len(bt) * max(lens[g[0]] for g in bt) <= 16 for bt in tb[:-1])
+    ids = [[1, 2, 3, 4, 5], [1, 2, 3, 9, 9, 9, 9, 9, 9], [1, 2, 7, 7, 7, 7, 7], [1, 2, 8], [1, 2, 3]]
+    assert packed_length(ids[:2]) == 5 + 9 - 3 and packed_length(ids[:3]) == 5 + 9 + 7 - 2 * 2 and packed_length(ids[3:4]) == 3
+
+
+@pytest.mark.parametrize("reward", ["head", "lm"])
+def test_items_of_one_prompt_scored_with_the_prompt_once_match_separate_rows(reward, base, pairs, monkeypatch):
+    import dt2it_mrm.reward_model as rmod
+    rm = build_reward_model(base, RMConfig(lora_r=4, reward=reward, pool="sum"))
+    torch.manual_seed(0)
+    for p in trainable(rm).values(): torch.nn.init.normal_(p, std=0.05)
+    items = pair_items(pairs[:5]) + [{**pair_items(pairs[5:6])[0], "answer": pairs[6]["chosen"]}] + pair_items(pairs[5:6])  # a prompt with three answers
+    packed = []; real = rmod.pack_rows
+    monkeypatch.setattr(rmod, "pack_rows", lambda b, pos, groups, *a: packed.append([len(g) for g in groups]) or real(b, pos, groups, *a))
+    one = RewardScorer(rm, batch_size=4, share_prefix=True)(items)
+    assert packed and max(max(g) for g in packed) == 3 and sum(map(sum, packed)) >= len(items)  # the three answers in one row
+    assert max(map(len, packed)) == 2  # two prompts' rows in one pass
+    packed.clear(); sep = RewardScorer(rm, batch_size=4, share_prefix=False)(items)
+    tol = 1e-5 if reward == "head" else 1e-4  # an implicit reward is a difference of two summed log-likelihoods, each far larger than it
+    assert not packed and np.abs(sep - one).max() < tol and np.unique(one).size == len(items)
+    budget = RewardScorer(rm, batch_size=4, max_tokens=200)  # a packed row is over 100 tokens: one per pass
+    assert np.abs(budget(items) - one).max() < tol and max(map(len, packed)) == 1
+
 
 @pytest.mark.parametrize("quant", ["4bit", "none", "8bit"])
 def test_dense_scoring_gives_the_same_scores_and_leaves_the_model_trainable(quant, qwen_base, pairs):

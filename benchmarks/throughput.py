@@ -53,7 +53,8 @@ def main():
     ap.add_argument("--n", type=int, default=200, help="pairs (2 items each) for the study's model")
     ap.add_argument("--n_large", type=int, default=12, help="pairs for the >=100M-parameter model")
     ap.add_argument("--batch_size", type=int, default=32); ap.add_argument("--out", default="reports/bench/throughput.json")
-    a = ap.parse_args(); set_offline(); torch.manual_seed(0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: timings that hold up beside other work on the machine)")
+    a = ap.parse_args(); set_offline(); torch.manual_seed(0); torch.set_num_threads(a.threads)
     recs = [json.loads(l) for l in Path(a.data).read_text().splitlines()]
     res = {"data": a.data, "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
     res["study_model"] = {"model": a.model, **compare(load_reward_model(member_paths(a.model)[0]), pair_items(recs[: a.n]), a.batch_size)}

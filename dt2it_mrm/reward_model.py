@@ -356,10 +356,12 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def reference_logp(self, batch: dict, answer: torch.Tensor, pieces: Sequence[dict], blank: Sequence[dict] | None,
-                       groups: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+                       groups: Sequence[Sequence[int]] | None = None,
+                       adapters_off: bool = True, # False: the base alone is already in place (the scorer's folded layers without adapters)
+                      ) -> torch.Tensor:
         "The frozen base's (adapters off) summed answer log-probability, seeing a blank image or the row's own per `cfg.lm_reference`."
         view = pieces if self.cfg.lm_reference == "image" else self.blank_view(batch, blank)
-        with self.vlm.disable_adapter(): h = self.hidden_states(batch, view, groups)
+        with self.vlm.disable_adapter() if adapters_off else contextlib.nullcontext(): h = self.hidden_states(batch, view, groups)
         return self.answer_logp(h, batch["input_ids"], answer)
 
     def blank_view(self, batch: dict, blank: Sequence[dict]) -> list[dict]:

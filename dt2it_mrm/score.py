@@ -41,14 +41,16 @@ def dense_weight(layer: nn.Module) -> torch.Tensor | None:
     if type(layer) is nn.Linear: return w.detach().float()
     return None
 
-def merged_lora_layers(rm: RewardModel) -> dict[str, MergedLinear]:
+def merged_lora_layers(rm: RewardModel,
+                       adapters: bool = True, # fold the adapters in; False: the base projection alone (an implicit reward's frozen reference)
+                      ) -> dict[str, MergedLinear]:
     "Every LoRA projection of `rm` that can be folded, as a `MergedLinear` by module name (the model is not changed)."
     from peft.tuners.lora import LoraLayer
     out = {}; dtype = as_dtype(rm.cfg.compute_dtype if hasattr(rm, "cfg") else "float32")  # autocast would cast a float32 weight each call
     with torch.no_grad():
         for name, mod in rm.named_modules():
             if not isinstance(mod, LoraLayer) or not mod.active_adapters or (w := dense_weight(mod.get_base_layer())) is None: continue
-            for a in mod.active_adapters:
+            for a in mod.active_adapters if adapters else ():
                 if a in mod.lora_A: w = w + (mod.lora_B[a].weight @ mod.lora_A[a].weight) * mod.scaling[a]
             out[name] = MergedLinear(w.to(dtype), mod.get_base_layer().bias)
     return out
@@ -181,14 +183,18 @@ class RewardScorer:
                 share = self.share_prefix and m.cfg.attn_implementation != "flash_attention_2"
                 prompt = (lambda i: (str(data.keys[i]), items[i]["question"], items[i].get("system"))) if share else (lambda i: i)
                 feats = self._features(m, data); m.eval(); dev = model_device(m)
-                if self.merge and j not in self._merged:  # not under an implicit reward: its reference switches the adapters off, which folded layers cannot
-                    self._merged[j] = merged_lora_layers(m) if m.cfg.reward == "head" else {}
-                with swapped(m, self._merged.get(j, {})), autocast(m.cfg.compute_dtype, dev):
+                if self.merge and j not in self._merged:  # an implicit reward's reference is the base alone: folded apart, without the adapters
+                    self._merged[j] = (merged_lora_layers(m), merged_lora_layers(m, adapters=False) if m.cfg.reward != "head" else None)
+                fold, ref_fold = self._merged.get(j, ({}, None))
+                with autocast(m.cfg.compute_dtype, dev):
                     ids = [t["input_ids"].tolist() for t in data.texts] if share and self.max_tokens else None
                     for groups in prompt_batches(lens, keys, prompt, self.batch_size, self.max_tokens, ids):
-                        rows = [i for g in groups for i in g]; local = _local(groups)
-                        r = m(to_device(data.batch(rows), dev), to_device([feats[data.keys[i]] for i in rows], dev),
-                              to_device([feats[BLANK]] * len(rows), dev), groups=local if len(local) < len(rows) else None)["rewards"]
+                        rows = [i for g in groups for i in g]; local = _local(groups); local = local if len(local) < len(rows) else None
+                        b, pieces, blank_ = (to_device(x, dev) for x in (data.batch(rows), [feats[data.keys[i]] for i in rows], [feats[BLANK]] * len(rows)))
+                        if ref_fold is not None:
+                            with swapped(m, ref_fold):
+                                b["lm_reference"] = m.reference_logp({k: v for k, v in b.items() if k != "answer_mask"}, b["answer_mask"], pieces, blank_, local, adapters_off=False)
+                        with swapped(m, fold): r = m(b, pieces, blank_, groups=local)["rewards"]
                         out[j, rows] = r.double().cpu().numpy()
         return out
 

@@ -39,7 +39,7 @@ def train_once(base, recs, rm_params: dict, share: bool, evals: list | None = No
     rep = fit(rm, data, cfg, progress=False)
     h = rep["history"]; loop_s = h[-1]["s"] - h[0]["s"]  # the first step (one-time costs) left out
     out = {"share_prefix": share, "steps": rep["steps"], "loop_s": loop_s, "pairs_per_s": (len(h) - 1) * cfg.batch_size / loop_s,
-           "final_loss": rep["history"][-1]["loss"]}
+           "final_loss": h[-1]["loss"]}
     if evals:
         d = PairData(proc, evals)
         out["rewards"] = rewards(rm, d, features_by_key(rm, d, {BLANK: blank_tensors(proc, cfg.blank_size)}))
@@ -49,8 +49,8 @@ def train_once(base, recs, rm_params: dict, share: bool, evals: list | None = No
 def compare(base, recs, rm_params: dict, repeats: int, evals=None, **over) -> dict:
     "Alternate trainings without and with sharing `repeats` times; median pairs/s of each and their ratio."
     runs = {False: [], True: []}
-    for _ in range(repeats):
-        for share in (False, True): runs[share].append(train_once(base, recs, rm_params, share, evals, **over))
+    for rep in range(repeats):  # dev rewards from the first repeat only (the only ones compared)
+        for share in (False, True): runs[share].append(train_once(base, recs, rm_params, share, evals if rep == 0 else None, **over))
     pps = {s: [r["pairs_per_s"] for r in rs] for s, rs in runs.items()}
     res = {"pairs": len(recs), "steps": runs[False][0]["steps"], "repeats": repeats,
            "pairs_per_s_separate": float(np.median(pps[False])), "pairs_per_s_shared": float(np.median(pps[True])),

@@ -92,18 +92,21 @@ def main():
             old[futs[f]] = f.result() | {"seed": seed, "rm": rm}; log.write(json.dumps(old[futs[f]]) + "\n"); log.flush()
     runs = [old[k] for k in ((v, w) for v in a.variants for w in worlds)]
     by = {(r["variant"], r["world"]): r for r in runs}
-    base_m = {w: json.loads(Path(f"data/eval/baseline/{w}.json").read_text())["sets"]["test_neutral"]["margin"] for w in worlds}
+    base_f = {w: Path(f"data/eval/baseline/{w}.json") for w in worlds}
+    have_base = all(f.exists() for f in base_f.values())  # the study's baseline arm (dvc repro); without it the column is left empty
+    if not have_base: print("no baseline scores under data/eval/baseline (run dvc repro): the vs-baseline column is left empty")
+    base_m = {w: json.loads(f.read_text())["sets"]["test_neutral"]["margin"] for w, f in base_f.items()} if have_base else {}
     cons = {w: json.loads((Path(params["construct"]["report_dir"].format(world=w)) / "construct.json").read_text()) for w in worlds}
     correct = lambda m: (np.asarray(m) > 0).astype(float)
     rows = {}
     for v in a.variants:
         per = [{"dev": correct(by[v, w]["margins"]["dev"])} for w in worlds]
         test = [{"v": correct(by[v, w]["margins"]["test_neutral"]), "lo": correct(by["labels_only", w]["margins"]["test_neutral"]),
-                 "base": correct(base_m[w])} for w in worlds]
+                 **({"base": correct(base_m[w])} if have_base else {})} for w in worlds]
         ab = [cons[w]["ablation"][v] for w in worlds]
         rows[v] = {"dev": paired_bootstrap(per, mean_of("dev"), seed=0), "test_neutral": paired_bootstrap(test, mean_of("v"), seed=0),
                    "vs_labels_only": paired_bootstrap(test, diff_of_means("v", "lo"), seed=0),
-                   "vs_baseline": paired_bootstrap(test, diff_of_means("v", "base"), seed=0),
+                   "vs_baseline": paired_bootstrap(test, diff_of_means("v", "base"), seed=0) if have_base else None,
                    "length_spearman": float(np.mean([by[v, w]["length_spearman"] for w in worlds])),
                    "length_spearman_per_world": [by[v, w]["length_spearman"] for w in worlds],
                    "dev_length_spearman": float(np.mean([by[v, w]["dev_length_spearman"] for w in worlds])),
@@ -111,6 +114,7 @@ def main():
                    "labels_right": float(np.mean([x["constructed"] for x in ab])),
                    "labels_right_weighted": float(np.mean([x["constructed_weighted"] for x in ab])),
                    "soft_mass_right_weighted": float(np.mean([x["constructed_soft_weighted"] for x in ab])),
+                   "longer_label_mass": float(np.mean([x["longer_label_mass"] for x in ab])) if all(x.get("longer_label_mass") is not None for x in ab) else None,
                    "counterfactual_pairs_right": (float(np.mean([x["counterfactual_pairs_right"] for x in ab])) if ab[0].get("counterfactual_pairs_right") is not None else None),
                    "change": ab[0]["change"], "train_s": float(np.mean([by[v, w]["train_s"] for w in worlds]))}
     best = choose(rows, a.max_length_rho)
@@ -121,12 +125,13 @@ def main():
           "paired on the same test pairs; `baseline` is the study's baseline arm. Length ρ: Spearman correlation of reward and answer length over the unique "
           f"answers of a set. The choice: the best dev accuracy among the variants whose |dev length ρ| ≤ {a.max_length_rho} (if none, the smallest |dev length ρ|). "
           "Labels right: share of the training pairs whose label is right (measured against the world), weighted by the pair weights; soft: the share of "
-          "the weighted soft-label mass on the truly better answer.", "",
-          "| variant | dev accuracy | dev length ρ | test_neutral accuracy | vs labels_only, points | vs baseline, points | length ρ | ESS share | labels right | weighted | soft, weighted | pairs | train s |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "the weighted soft-label mass on the truly better answer. Longer: the weighted label mass on the longer answer, as the loss sees it "
+          "(soft labels included; 0.5: the labels say nothing about length).", "",
+          "| variant | dev accuracy | dev length ρ | test_neutral accuracy | vs labels_only, points | vs baseline, points | length ρ | ESS share | longer | labels right | weighted | soft, weighted | pairs | train s |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v, r in rows.items():
         md.append(f"| {v}{' (chosen on dev)' if v == best else ''} | {interval_str(r['dev'])} | {r['dev_length_spearman']:+.3f} | {interval_str(r['test_neutral'])} | {interval_str(r['vs_labels_only'], 100, 1)} | "
-                  f"{interval_str(r['vs_baseline'], 100, 1)} | {r['length_spearman']:+.3f} | {r['ess_share']:.3f} | {f(r['labels_right'])} | {f(r['labels_right_weighted'])} | "
+                  f"{interval_str(r['vs_baseline'], 100, 1) if r['vs_baseline'] else '–'} | {r['length_spearman']:+.3f} | {r['ess_share']:.3f} | {f(r['longer_label_mass'])} | {f(r['labels_right'])} | {f(r['labels_right_weighted'])} | "
                   f"{f(r['soft_mass_right_weighted'])} | {r['pairs']:.0f} | {r['train_s']:.0f} |")
     md += ["", "Variants (overrides of `construct`): " + "; ".join(f"`{v}`: {json.dumps(r['change'])}" for v, r in rows.items()),
            "", "    .venv/bin/python benchmarks/construction_ablation.py " + " ".join(sys.argv[1:])]

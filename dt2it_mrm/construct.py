@@ -211,4 +211,7 @@ def debias(records: Sequence,            # labelled pairs (`meta.label_confidenc
         for r, x in zip(recs, nm): r["meta"]["nuisance_margin"] = float(poe_scale * x)
         rep["nuisance_margin"] = {"mean_abs": float(np.abs(poe_scale * nm).mean()), "agrees_with_label": float((nm > 0).mean())}
     rep["weights"] = weight_report(w, recs)
+    d = np.sign([len(r["chosen"]) - len(r["rejected"]) for r in recs]); p = np.array([r["meta"].get("soft_label", 1.0) for r in recs]); k = d != 0
+    # the weighted label mass on the longer answer as the loss sees it (soft labels included): 0.5 is no length signal
+    rep["weights"]["longer_label_mass"] = float((w * np.where(d > 0, p, 1 - p))[k].sum() / w[k].sum()) if k.any() else None
     return recs, rep

@@ -393,10 +393,12 @@ def results_markdown(study: dict,            # the report stage's study dict: cl
     if study.get("construct"):
         rows = [[w, *(f"{v:.3f}" if isinstance(v, float) else "–" for v in (_get(k, ("label_accuracy", "raw_majority")), _get(k, ("label_accuracy", "constructed")),
                  _get(k, ("label_accuracy", "constructed_weighted")), _get(k, ("label_accuracy", "constructed_soft_weighted")), _get(k, ("weights", "ess_share")),
-                 _get(k, ("weights", "chosen_longer"))))]
+                 _get(k, ("weights", "chosen_longer")), _get(k, ("weights", "longer_label_mass")),
+                 _get(k, ("label_accuracy_by_length_side", "chosen_longer")), _get(k, ("label_accuracy_by_length_side", "chosen_shorter"))))]
                 for w, k in sorted(study["construct"].items(), key=lambda kv: world_order([kv[0]]))]
         md += ["", "## Debiased construction, per world", "", md_table(["world", "raw labels right", "constructed", "constructed, weighted",
-                                                                         "soft labels' weight on the right answer", "ESS share", "chosen longer, weighted"], rows)]
+                                                                         "soft labels' weight on the right answer", "ESS share", "chosen longer, weighted",
+                                                                         "label mass on the longer answer, weighted", "labels right, chosen longer", "labels right, chosen shorter"], rows)]
     if g := study.get("construction_gain"):
         md += ["", f"On `{p}`, `debiased` (the constructed set, no curation) against "
                + "; against ".join(f"`{ref}`: {_pts(d)} points ({d['n_worlds']} world{'s' if d['n_worlds'] > 1 else ''})" for ref, d in g.items())

@@ -16,10 +16,10 @@ from .data import swap_sides
 from .evaluate import pair_margins
 
 # %% auto #0
-__all__ = ['PROPENSITY_SCHEMA', 'STRATEGIES', 'STRATEGY_SCHEMA', 'CLIP_SCHEMA', 'normalise', 'group_weights', 'length_weights',
-           'shortcut_weights', 'annotator_weights', 'jtt_weights', 'relabel', 'clip_weights', 'effective_sample_size',
-           'orientation_cells', 'trim_to_ess', 'propensity_weights', 'compute_weights', 'weight_report', 'with_weights',
-           'weighted_sampler', 'weighted_bt_loss', 'DynamicWeights']
+__all__ = ['NOISE_MODES', 'PROPENSITY_SCHEMA', 'STRATEGIES', 'STRATEGY_SCHEMA', 'CLIP_SCHEMA', 'normalise', 'group_weights',
+           'length_weights', 'shortcut_weights', 'annotator_weights', 'jtt_weights', 'relabel', 'clip_weights',
+           'effective_sample_size', 'orientation_cells', 'trim_to_ess', 'propensity_weights', 'compute_weights',
+           'weight_report', 'with_weights', 'weighted_sampler', 'weighted_bt_loss', 'DynamicWeights']
 
 # %% ../nbs/04_resample.ipynb #33194a29
 def normalise(w: Any) -> np.ndarray:
@@ -161,23 +161,27 @@ def trim_to_ess(w: Any,
     return clip_weights(w, max_weight=lo), lo
 
 # %% ../nbs/04_resample.ipynb #1ad46f68
+NOISE_MODES = ("expect", "confidence", "ignore")
 PROPENSITY_SCHEMA = {"orient": Check("list", item=OneOf("length", "tell")), "balance": Check("list", item=Str()), "phrases": Check("list", item=Str()),
-                     "min_diff": Num(0), "target_ess": Opt(Num(0, 1, lo_open=True))}
+                     "min_diff": Num(0), "target_ess": Opt(Num(0, 1, lo_open=True)), "noise": OneOf(*NOISE_MODES)}
 
 def propensity_weights(records: Sequence,
                        confidence: Any | None = None, # P(label right) per pair (NaN or None: 1)
                        orient: Sequence[str] = ("length", "tell"), balance: Sequence[str] = ("group",),
                        phrases: Sequence[str] = (), min_diff: float = 0,
                        target_ess: float | None = 0.6, # trim the weights to at least this ESS share
+                       noise: str = "expect", # a label's doubt: expect (its pair in both orientations) | confidence (its own, weighted by P(right)) | ignore
                       ) -> tuple[np.ndarray, np.ndarray, dict]:
-    "Stabilised inverse-propensity weights over the joint nuisance cell (mean 1, trimmed), the soft label each implies, and a report."
+    "Stabilised inverse-propensity weights over the joint nuisance cell (mean 1, trimmed), the soft label the loss should target with them, and a report."
+    if noise not in NOISE_MODES: raise ValueError(f"unknown noise mode {noise!r}; modes are {NOISE_MODES}")
     recs = as_dicts(records); n = len(recs)
     if not n: return np.zeros(0), np.zeros(0), {"n": 0}
     cells, mirrors = orientation_cells(recs, orient, balance, phrases, min_diff)
     q = np.ones(n) if confidence is None else np.array([1.0 if x is None or np.isnan(x) else x for x in confidence], float)
     if len(q) != n or ((q < 0) | (q > 1)).any(): raise ValueError(f"confidence needs {n} values in [0, 1]")
+    mass = q if noise != "ignore" else np.ones(n)  # how much of each pair its own cell holds
     cnt, pairs_in = Counter(), Counter()
-    for c, m, x in zip(cells, mirrors, q): cnt[c] += x; cnt[m] += 1 - x
+    for c, m, x in zip(cells, mirrors, mass): cnt[c] += x; cnt[m] += (1 - x) if noise == "expect" else 0
     k = len(orient)
     for c in cells: pairs_in[c[k:]] += 1
     G = len(pairs_in)
@@ -187,10 +191,11 @@ def propensity_weights(records: Sequence,
         half = 0.5 if m != c and cnt[m] > 0 else 1.0  # a cell without a mirror (no length/tell difference, or no data the other way) stays whole
         return n * (both / pairs_in[c[k:]]) * half / (G * cnt[c])
     wc, wm = np.array([w(c, m) for c, m in zip(cells, mirrors)]), np.array([w(m, c) for c, m in zip(cells, mirrors)])
-    raw = q * wc + (1 - q) * wm
-    soft = np.divide(q * wc, raw, out=q.copy(), where=raw > 0)
+    if noise == "expect": raw = q * wc + (1 - q) * wm; soft = np.divide(q * wc, raw, out=q.copy(), where=raw > 0)
+    elif noise == "confidence": raw, soft = q * wc, np.ones(n)  # the weight carries the doubt: a hard label
+    else: raw, soft = wc, q
     out, cap = trim_to_ess(raw, target_ess)
-    rep = {"n": n, "cells": len({*cells, *mirrors}), "strata": G, "ess_share_untrimmed": effective_sample_size(raw) / n,
+    rep = {"n": n, "noise": noise, "cells": len({*cells, *mirrors}), "strata": G, "ess_share_untrimmed": effective_sample_size(raw) / n,
            "ess_share": effective_sample_size(out) / n, "trim_cap": cap if math.isfinite(cap) else None,
            "quantiles": dict(zip(("min", "p10", "p50", "p90", "max"), np.quantile(out, [0, 0.1, 0.5, 0.9, 1]).round(4).tolist())),
            "top10_share": float(np.sort(out)[::-1][:max(1, n // 10)].sum() / out.sum())}

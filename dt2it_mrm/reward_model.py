@@ -25,12 +25,12 @@ from .vlm import (ATTN_IMPLS, IMAGE_ONLY_KEYS, autocast, blank_image, cat_pieces
 __all__ = ['FUSIONS', 'POOLS', 'REWARDS', 'PENALTY_BIAS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'MIXED_PRECISION',
            'BLANK', 'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image',
            'item_images', 'images_field', 'ItemData', 'pair_items', 'pair_meta', 'PairData', 'CrossHead', 'pool_answer',
-           'row_positions', 'common_prefix', 'pack_rows', 'pair_groups', 'RewardModel', 'info_nce', 'lora_config',
-           'text_hidden', 'place_heads', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order', 'FeatureCache',
-           'features_by_key', 'blank_tensors', 'rewards', 'row_positions_of', 'reference_logps', 'pair_accuracy',
-           'pair_loss', 'default_accelerator', 'fit', 'base_fingerprint', 'model_fingerprint', 'head_state',
-           'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths',
-           'members_saw']
+           'row_positions', 'common_prefix', 'pack_rows', 'pair_groups', 'Packed', 'RewardModel', 'info_nce',
+           'lora_config', 'text_hidden', 'place_heads', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order',
+           'FeatureCache', 'features_by_key', 'blank_tensors', 'rewards', 'row_positions_of', 'reference_logps',
+           'pair_accuracy', 'pair_loss', 'default_accelerator', 'fit', 'base_fingerprint', 'model_fingerprint',
+           'head_state', 'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble',
+           'member_paths', 'members_saw']
 
 # %% ../nbs/06b_reward_model.ipynb #b9224678
 def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
@@ -307,6 +307,13 @@ def pair_groups(n_rows: int) -> list[list[int]]:
     "The groups of a pair batch: row i and row k + i answer the same prompt."
     return [[i, n_rows // 2 + i] for i in range(n_rows // 2)]
 
+@dataclass
+class Packed:
+    "A batch's rows packed per group (`pack_rows`), built once for every pass over the same batch; `inputs` None: packing refused, rows stay apart."
+    groups: list                        # row indices of each group
+    inputs: dict | None = None          # the packed model inputs
+    index: torch.Tensor | None = None   # maps the packed hidden states back to the rows
+
 class RewardModel(nn.Module):
     "A VLM with LoRA adapters and a fusion head, scoring (image, question, answer) rows."
     def __init__(self, vlm,           # the PEFT-wrapped base VLM
@@ -332,18 +339,25 @@ class RewardModel(nn.Module):
         "The VLM without its language-model head (LoRA layers inside): hidden states, no vocabulary logits."
         return self.base().model
 
+    def pack(self, batch: dict, groups: Sequence[Sequence[int]]) -> Packed:
+        "The rows of `batch` packed per group (`pack_rows`): the prefix each group shares once, its position ids and block mask."
+        bb = self.backbone()
+        eager = getattr(bb.config, "_attn_implementation", None) == "eager"
+        pos = batch.get("position_ids"); pos = row_positions(bb, batch) if pos is None else pos
+        inputs = {k: v for k, v in batch.items() if k not in ("answer_mask", "lm_reference")}
+        p = pack_rows(inputs, pos, groups, getattr(self.base().config, "image_token_id", None), bb.get_input_embeddings().weight.dtype if eager else None)
+        return Packed([list(g) for g in groups], *(p or (None, None)))
+
     def hidden_states(self, batch: dict, view: Sequence[dict],
-                      groups: Sequence[Sequence[int]] | None = None, # rows answering the same prompt (e.g. `pair_groups`): their shared prefix is encoded once (`pack_rows`)
+                      groups: Sequence[Sequence[int]] | Packed | None = None, # rows answering the same prompt (e.g. `pair_groups`), or their `pack`: their shared prefix is encoded once
                      ) -> torch.Tensor:
         "The last hidden states of the rows of `batch`, the same whether rows share their prefix or not."
         bb = self.backbone()
         if groups is not None:
-            eager = getattr(bb.config, "_attn_implementation", None) == "eager"
-            pos = batch.get("position_ids"); pos = row_positions(bb, batch) if pos is None else pos
-            packed = pack_rows(batch, pos, groups, getattr(self.base().config, "image_token_id", None), bb.get_input_embeddings().weight.dtype if eager else None)
-            if packed is not None:
-                h = bb(**with_features(packed[0], [view[g[0]] for g in groups]), use_cache=False).last_hidden_state
-                return h.reshape(-1, h.shape[-1])[packed[1].reshape(-1)].view(*packed[1].shape, -1)
+            p = groups if isinstance(groups, Packed) else self.pack(batch, groups)
+            if p.inputs is not None:
+                h = bb(**with_features(p.inputs, [view[g[0]] for g in p.groups]), use_cache=False).last_hidden_state
+                return h.reshape(-1, h.shape[-1])[p.index.reshape(-1)].view(*p.index.shape, -1)
         return bb(**with_features(batch, view), use_cache=False).last_hidden_state
 
     def answer_logp(self, h: torch.Tensor, input_ids: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
@@ -356,7 +370,7 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def reference_logp(self, batch: dict, answer: torch.Tensor, pieces: Sequence[dict], blank: Sequence[dict] | None,
-                       groups: Sequence[Sequence[int]] | None = None,
+                       groups: Sequence[Sequence[int]] | Packed | None = None,
                        adapters_off: bool = True, # False: the base alone is already in place (the scorer's folded layers without adapters)
                       ) -> torch.Tensor:
         "The frozen base's (adapters off) summed answer log-probability, seeing a blank image or the row's own per `cfg.lm_reference`."
@@ -378,11 +392,12 @@ class RewardModel(nn.Module):
     def forward(self, batch: dict,           # a padded batch (from `ItemData.batch`)
                 pieces: Sequence[dict],      # image features of each row's image
                 blank: Sequence[dict] | None = None, # image features of the blanked image, per row (late/cross)
-                groups: Sequence[Sequence[int]] | None = None, # rows answering the same prompt: their shared prefix is encoded once (`pack_rows`)
+                groups: Sequence[Sequence[int]] | Packed | None = None, # rows answering the same prompt, or their `pack`: their shared prefix is encoded once
                ) -> dict:
         "Rewards of the rows of `batch` (and, for `contrastive`, the pooled text and image embeddings)."
         view = pieces if self.sees_image() else self.blank_view(batch, blank)
         batch = dict(batch); answer = batch.pop("answer_mask", None); ref = batch.pop("lm_reference", None)
+        if groups is not None and not isinstance(groups, Packed): groups = self.pack(batch, groups)  # once for the reference and the adapted pass
         h = self.hidden_states(batch, view, groups)
         mask = batch["attention_mask"]
         last = h[torch.arange(len(h), device=h.device), last_index(mask)]

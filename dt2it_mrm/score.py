@@ -189,8 +189,9 @@ class RewardScorer:
                 with autocast(m.cfg.compute_dtype, dev):
                     ids = [t["input_ids"].tolist() for t in data.texts] if share and self.max_tokens else None
                     for groups in prompt_batches(lens, keys, prompt, self.batch_size, self.max_tokens, ids):
-                        rows = [i for g in groups for i in g]; local = _local(groups); local = local if len(local) < len(rows) else None
+                        rows = [i for g in groups for i in g]; local = _local(groups)
                         b, pieces, blank_ = (to_device(x, dev) for x in (data.batch(rows), [feats[data.keys[i]] for i in rows], [feats[BLANK]] * len(rows)))
+                        local = m.pack(b, local) if len(local) < len(rows) else None  # packed once for the reference and the adapted pass
                         if ref_fold is not None:
                             with swapped(m, ref_fold):
                                 b["lm_reference"] = m.reference_logp({k: v for k, v in b.items() if k != "answer_mask"}, b["answer_mask"], pieces, blank_, local, adapters_off=False)

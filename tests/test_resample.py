@@ -202,6 +202,23 @@ def test_uncertain_labels_split_a_pairs_weight_between_its_label_and_the_other_a
     with pytest.raises(ValueError, match="oriented nuisance"): resample.propensity_weights(recs, orient=["colour"])
 
 
+def test_the_noise_modes_weight_a_doubtful_label_by_its_own_cell_or_take_it_as_right():
+    recs = [_lp(i, True, "a") for i in range(6)] + [_lp(6 + i, False, "a") for i in range(2)]
+    q = np.array([1.0] * 6 + [0.6] * 2)
+    d = np.array([len(r["chosen"]) > len(r["rejected"]) for r in recs])
+    # confidence: each pair only in its own cell, with mass q; cell masses 6 and 1.2 are balanced, the label stays hard
+    w, soft, rep = resample.propensity_weights(recs, q, orient=["length"], balance=[], target_ess=None, noise="confidence")
+    assert rep["noise"] == "confidence" and np.allclose(soft, 1) and np.isclose(w.mean(), 1)
+    assert np.isclose(w[d].sum(), w[~d].sum()) and np.allclose(w[~d] / w[d][0], 0.6 * 6 / 1.2)
+    # ignore: the labels taken as right (counts 6 and 2), the confidence only as the soft label
+    w, soft, _ = resample.propensity_weights(recs, q, orient=["length"], balance=[], target_ess=None, noise="ignore")
+    assert np.isclose(w[d].sum(), w[~d].sum()) and np.allclose(w[~d] / w[d][0], 3) and np.allclose(soft, q)
+    # expect (the default) differs from both: the doubtful pairs back the other answer with part of their weight
+    w, soft, _ = resample.propensity_weights(recs, q, orient=["length"], balance=[], target_ess=None)
+    assert not np.allclose(soft, 1) and not np.allclose(soft, q)
+    with pytest.raises(ValueError, match="noise mode"): resample.propensity_weights(recs, q, noise="drop")
+
+
 @pytest.mark.parametrize("target", [0.5, 0.8, 0.95])
 def test_trimming_reaches_the_target_ess_with_the_largest_cap(target):
     w = np.random.default_rng(0).lognormal(0, 1.5, 500)

@@ -370,29 +370,35 @@ ACCEL = """
 import sys, json, torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
-from dt2it_mrm.reward_model import RMConfig, train_reward_model, trainable
-base, data, out, reward = sys.argv[1:]
-cfg = RMConfig(lora_r=4, epochs=1, batch_size=8, grad_accum=2, lr=5e-3, warmup=1, seed=0, reward=reward)
+from dt2it_mrm.reward_model import RMConfig, RewardModel, train_reward_model, trainable
+base, data, out, reward, share = sys.argv[1:]
+packed, pack = [], RewardModel.pack
+def counted(self, *a, **kw): p = pack(self, *a, **kw); packed.append(p.inputs is not None); return p
+RewardModel.pack = counted
+cfg = RMConfig(lora_r=4, epochs=1, batch_size=8, grad_accum=2, lr=5e-3, warmup=1, seed=0, reward=reward, share_prefix=share == "share")
 acc = Accelerator(cpu=True, gradient_accumulation_steps=cfg.grad_accum)
 rm, rep = train_reward_model([json.loads(l) for l in open(data)][:16], base, cfg, accelerator=acc, progress=False)
 assert rep["processes"] == acc.num_processes
 if acc.is_main_process: print("processes", acc.num_processes)
+json.dump([sum(packed), len(packed)], open(f"{out}.rank{acc.process_index}.json", "w"))  # a file per process: their prints interleave
 if acc.is_main_process: save_file({n: p.detach().contiguous() for n, p in trainable(rm).items()}, out)
 """
 
 
-@pytest.mark.parametrize("reward", ["head", "lm"])
-def test_accelerate_launch_with_two_processes_trains_the_same_model(reward, base, world, tmp_path):
+@pytest.mark.parametrize("reward,share", [("head", "separate"), ("lm", "separate"), ("lm", "share")])
+def test_accelerate_launch_with_two_processes_trains_the_same_model(reward, share, base, world, tmp_path):
     from safetensors.torch import load_file
     script = tmp_path / "train.py"; script.write_text(ACCEL)
     data = world / "train_oracle.jsonl"
-    run_py(ACCEL, base, data, tmp_path / "one.safetensors", reward)
+    run_py(ACCEL, base, data, tmp_path / "one.safetensors", reward, share)
     # torchrun, not `accelerate launch --cpu --num_processes 2`: that one starts a single process on a machine without mpirun
     launch = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script), str(base), str(data),
-              str(tmp_path / "two.safetensors"), reward]
+              str(tmp_path / "two.safetensors"), reward, share]
     r = subprocess.run(launch, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**_env(), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "processes 2" in r.stdout  # really two (DDP over gloo)
+    packs = [json.loads((tmp_path / f"two.safetensors.rank{i}.json").read_text()) for i in range(2)]
+    assert all((k > 0 and k == n) if share == "share" else n == 0 for k, n in packs), packs  # each process really packed its pairs (or never did)
     one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
     assert one.keys() == two.keys() and any("lora_B" in k for k in one)
     for k in one:

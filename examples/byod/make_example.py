@@ -119,7 +119,7 @@ def example_params(params: dict, out: str, judge_url: str) -> dict:
     p["bias_audit"] |= {"folds": 3}
     p["construct"] |= {"labels": "judge", "distil": p["construct"]["distil"] | {"backend": "http", "http": http, "concurrency": 2},
                        "strategies": {"group": {"power": 1.0}, "length": {"strata": "group"}, "shortcut": {"strength": 0.5}},
-                       "counterfactual": ["other_image"]}  # the study's default has none; the example builds the twins to show them on a user's images
+                       "counterfactual": ["other_image"]}  # as the study's default: named here so that the example keeps showing the twins on a user's images
     # images of several sizes take other token counts than the blank image, which the implicit reward's blank reference
     # is fed in place of theirs: the reference sees the row's own image instead (or set min_pixels = max_pixels)
     p["train"]["rm"] |= {"lora_r": 4, "epochs": 2, "batch_size": 8, "warmup": 2, "lm_reference": "image"}

@@ -374,7 +374,7 @@ def results_markdown(study: dict,            # the report stage's study dict: cl
           f"Every number is computed by the `report` stage from the per-pair scores of the `evaluate` stage (`dvc repro` regenerates it). "
           f"Each main arm is trained in {c['worlds']} replicate worlds (world, labels, construction, training and curation all redrawn); "
           "an estimate is the mean over worlds with a 95% interval from a paired bootstrap over worlds and then test pairs. Accuracy counts "
-          "ties as wrong. `oracle` trains on gold labels and balanced data (the upper bound), `baseline` on raw labels and the raw "
+          "ties as wrong. `oracle` trains on gold labels and balanced data (the ceiling of the labels alone: no counterfactual twins and no curation, so arms that have them can pass it), `baseline` on raw labels and the raw "
           f"distribution, `debiased` on the constructed set (no iterations), `iterN` after N rounds of curation. The primary set `{p}` is "
           "neutral: length and the tell phrase carry no information there, as for true preference.", "",
           "## The brief's claims", "", claims_markdown(c), "## Headline", "", md_table(head, rows)]

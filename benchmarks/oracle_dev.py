@@ -17,7 +17,13 @@ Directions:
 - the language-model head kept and fine-tuned as an implicit reward (`train.rm.reward: lm`, the `lm*` rows): lm_beta times
   the LoRA-adapted model's answer log-likelihood minus the frozen base's, the base seeing a blank image (training starts
   from the visual PMI, the `lm_pmi` row) or the same image (it starts from 0: DPO's implicit reward); or added to the
-  summed value head (`reward: head_lm`).
+  summed value head (`reward: head_lm`);
+- the implicit reward's training knobs: LoRA rank, learning rate, batch size (twice the steps), a fourth epoch;
+- the gold pairs with the construction's counterfactual twins added (`+ twins`: the same question's answer on another
+  image as the negative), as the constructed arms get them: twice the pairs, twice the cost.
+
+A last section breaks the study's row's dev accuracy down by the pair's error gap, task, group and scene difficulty:
+where the reward model still errs.
 
 Each trained row is one reward model per world on `train_oracle.jsonl` with the study's `train.rm` settings plus the
 row's overrides (seed `base.seed`). Accuracies carry 95% intervals from a bootstrap over worlds, then pairs; the length
@@ -30,7 +36,7 @@ other jobs beside them, compare only roughly).
 
 Writes reports/bench/oracle_dev.json and .md.
 """
-import argparse, json, os, sys, time
+import argparse, json, os, sys, tempfile, time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -57,7 +63,15 @@ VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its r
     "lm_beta2": {"reward": "lm", "lm_beta": 2.0, "lm_reference": "blank", "center": 0.0},
     "lm_epochs5": {"reward": "lm", "lm_beta": 1.0, "lm_reference": "blank", "center": 0.0, "epochs": 5},
     "sum_center0.01_plus_lm": {"reward": "head_lm", "pool": "sum", "lm_beta": 1.0, "lm_reference": "blank", "center": 0.01},
+    "lm_beta0.5_r32": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "lora_r": 32, "lora_alpha": 32},
+    "lm_beta0.5_lr0.004": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "lr": 0.004},
+    "lm_beta0.5_lr0.001": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "lr": 0.001},
+    "lm_beta0.5_bs8": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "batch_size": 8},
+    "lm_beta0.5_epochs4": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "epochs": 4},
+    "lm_beta0.5_twins": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0},
+    "lm_beta0.5_twins_bs8": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "batch_size": 8},
 }
+TWINS = {"lm_beta0.5_twins", "lm_beta0.5_twins_bs8"}  # rows trained on the gold pairs plus the construction's counterfactual twins (construct.debias, counterfactual: other_image), as the constructed arms get them
 ZERO_SHOT = ("lm_logp", "lm_pmi")  # the base's language-model head, untrained
 
 
@@ -102,10 +116,40 @@ def zero_shot(world: str, base: str, sets: dict) -> dict:
     return out
 
 
-def main():
-    from dt2it_mrm.core import atomic_write, load_params, write_json, world_name
+def trained_as(x: dict) -> dict:
+    "The full training settings of a `train.rm` group: a setting a run did not record had its default; the lm_* settings only act on an implicit reward."
     from dataclasses import asdict
     from dt2it_mrm.reward_model import RMConfig
+    c = asdict(RMConfig.from_params(x))
+    return {k: v for k, v in c.items() if c["reward"] != "head" or not k.startswith("lm_")}
+
+
+def breakdown(runs: dict, variant: str, worlds: list, dev_path: str) -> dict:
+    "Where `variant` errs on dev: its accuracy (pooled over `worlds`) by each pair's error gap, task, group and scene difficulty, with the pairs in each cell."
+    from common import read_pairs
+    cells = {}
+    for w in worlds:
+        recs = read_pairs(dev_path.format(world=w))
+        for r, m in zip(recs, runs[variant, w]["margins"]["dev"]):
+            meta = r.get("meta") or {}
+            for by, val in (("gap", meta.get("gap")), ("task", r.get("task")), ("group", r.get("group")),
+                            ("difficulty", None if meta.get("difficulty") is None else round(meta["difficulty"], 2))):
+                if val is not None: cells.setdefault(by, {}).setdefault(str(val), []).append(float(m > 0))
+    return {by: {k: {"accuracy": float(np.mean(v)), "pairs": len(v)} for k, v in sorted(vals.items())} for by, vals in cells.items()}
+
+
+def with_twins(path: str, out_dir: str, seed: int) -> str:
+    "A copy of the pair file `path` in `out_dir` with every pair's counterfactual twin added, as the construction adds them (the same question's answer on another image as the negative)."
+    from common import read_pairs
+    from dt2it_mrm.construct import debias
+    from dt2it_mrm.core import write_jsonl
+    out = Path(out_dir) / (Path(path).parent.name + "_" + Path(path).name)
+    if not out.exists(): write_jsonl(out, debias(read_pairs(path), {}, weighting="none", counterfactual=["other_image"], seed=seed)[0])
+    return str(out)
+
+
+def main():
+    from dt2it_mrm.core import atomic_write, load_params, write_json, world_name
     from dt2it_mrm.stats import diff_of_means, interval_str, mean_of, paired_bootstrap
     params = load_params(ROOT / "params.yaml")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,52 +167,61 @@ def main():
     sets = {"dev": params["data"]["dev"], "test_neutral": params["data"]["test_sets"]["test_neutral"]}
     rm, seed, base = params["train"]["rm"], params["base"]["seed"], params["base"]["model"]
     train = str(Path(params["generate"]["out_dir"]) / "train_oracle.jsonl")
-    t0 = time.perf_counter()
+    t0 = time.perf_counter(); tmp = tempfile.TemporaryDirectory()
     cmd = "    .venv/bin/python benchmarks/oracle_dev.py " + " ".join(sys.argv[1:])
     if a.from_json:
         old = json.loads(Path(a.out + ".json").read_text()); runs = {tuple(r["key"]): r for r in old["runs"]}; cmd = old.get("command", cmd)
     else:
         kept = {tuple(r["key"]): r for r in json.loads(Path(a.out + ".json").read_text())["runs"]} if a.reuse else {}
-        def trained_as(x: dict) -> dict:  # a setting a run did not record had its default; the lm_* settings only act on an implicit reward
-            c = asdict(RMConfig.from_params(x))
-            return {k: v for k, v in c.items() if c["reward"] != "head" or not k.startswith("lm_")}
         same = lambda x, y: x is not None and trained_as(x) == trained_as(y)
         kept = {(v, w): r for (v, w), r in kept.items() if v in ZERO_SHOT or (v in VARIANTS and v not in a.retrain and same(r.get("rm"), rm | VARIANTS[v]))}
         with ProcessPoolExecutor(a.workers) as ex:
-            futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], train.format(world=w), sets, base)
+            futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], with_twins(train.format(world=w), tmp.name, seed) if v in TWINS else train.format(world=w), sets, base)
                     for v in a.variants for w in worlds if (v, w) not in kept}
             zs = {w: ex.submit(zero_shot, w, base, sets) for w in worlds if any((z, w) not in kept for z in ZERO_SHOT)}
             runs = kept | {(v, w): f.result() | {"rm": rm | VARIANTS[v]} for (v, w), f in futs.items()}
             runs |= {(v, w): r for w, f in zs.items() for v, r in f.result().items()}
         write_json(Path(a.out + ".json"), {"command": cmd, "runs": [r | {"key": list(k)} for k, r in runs.items()]})  # kept before any tabulating
     correct = lambda m: (np.asarray(m) > 0).astype(float)
+    study = next((v for v in a.variants if v not in TWINS and trained_as(rm | VARIANTS[v]) == trained_as(rm)), "last")  # the row trained as the study trains
     rows = {}
     for v in [*ZERO_SHOT, *a.variants]:
-        dev = [{"v": correct(runs[v, w]["margins"]["dev"]), "last": correct(runs["last", w]["margins"]["dev"])} for w in worlds]
+        dev = [{"v": correct(runs[v, w]["margins"]["dev"]), "last": correct(runs["last", w]["margins"]["dev"]), "study": correct(runs[study, w]["margins"]["dev"])} for w in worlds]
         test = [{"v": correct(runs[v, w]["margins"]["test_neutral"])} for w in worlds]
         rows[v] = {"dev": paired_bootstrap(dev, mean_of("v"), seed=0), "test_neutral": paired_bootstrap(test, mean_of("v"), seed=0),
                    "dev_vs_last": paired_bootstrap(dev, diff_of_means("v", "last"), seed=0),
+                   "dev_vs_study": paired_bootstrap(dev, diff_of_means("v", "study"), seed=0),
                    "length_spearman": float(np.mean([runs[v, w]["length_spearman"] for w in worlds])),
                    "dev_length_spearman": float(np.mean([runs[v, w]["dev_length_spearman"] for w in worlds])) if v in VARIANTS else None,
                    "train_s": float(np.mean([runs[v, w]["train_s"] for w in worlds])) if v in VARIANTS else None,
                    "change": VARIANTS.get(v)}
-    best = choose({v: rows[v] for v in a.variants if "epochs" not in VARIANTS[v]}, a.max_length_rho)  # the study's epochs: its time budget
-    write_json(Path(a.out + ".json"), {"command": cmd, "worlds": worlds, "seed": seed, "rm": rm, "variants": rows, "chosen_on_dev": best,
+    best = choose({v: rows[v] for v in a.variants if "epochs" not in VARIANTS[v] and v not in TWINS}, a.max_length_rho)  # the study's epochs and data: its time budget
+    limits = breakdown(runs, study, worlds, sets["dev"])
+    write_json(Path(a.out + ".json"), {"command": cmd, "worlds": worlds, "seed": seed, "rm": rm, "variants": rows, "chosen_on_dev": best, "study_row": study, "study_row_on_dev_by": limits,
                                        "wall_s": old.get("wall_s") if a.from_json else round(time.perf_counter() - t0), "runs": [r | {"key": list(k)} for k, r in runs.items()]})
     md = ["# Oracle directions on dev", "",
           f"Gold labels (`train_oracle.jsonl`), worlds {', '.join(worlds)}, one model per world and row (`train.rm` plus the row's change, seed {seed}); "
           "95% intervals from a bootstrap over worlds, then pairs. The choice is made on dev; `test_neutral` (the primary set) is only reported. The `(zero-shot)` rows use the base's language-model head untrained; the other `lm*` rows fine-tune it as an implicit reward (`reward: lm`). Length ρ: Spearman of reward and answer length over the "
           "unique answers of a set. The choice, as in the construction ablation: the best dev accuracy among the trained rows at the study's epochs "
-          f"(more epochs multiply the cost of every training of the study) whose |dev length ρ| ≤ {a.max_length_rho} (if none, the smallest |dev length ρ|). Train s: mean wall time of one training in the run that trained the row.", "",
-          "| direction | change of train.rm | dev accuracy | dev, points vs last | dev length ρ | test_neutral accuracy | length ρ | train s |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+          f"(more epochs multiply the cost of every training of the study) whose |dev length ρ| ≤ {a.max_length_rho} (if none, the smallest |dev length ρ|), on the gold pairs alone: the `+ twins` rows add every pair's counterfactual twin "
+          "(the same question's answer on another image as the negative, as the construction adds them), which doubles the pairs and the cost of a training. "
+          f"Points vs the study: the paired dev difference from the row trained as the study trains (`{study}`). Train s: mean wall time of one training in the run that trained the row.", "",
+          "| direction | change of train.rm | dev accuracy | dev, points vs last | dev, points vs the study | dev length ρ | test_neutral accuracy | length ρ | train s |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v, r in rows.items():
         secs = "–" if r["train_s"] is None else f"{r['train_s']:.0f}"
         dev_rho = "–" if r["dev_length_spearman"] is None else f"{r['dev_length_spearman']:+.3f}"
-        md.append(f"| {v}{' (chosen on dev)' if v == best else ''} | {json.dumps(r['change']) if r['change'] else '(zero-shot)'} | {interval_str(r['dev'])} | "
-                  f"{interval_str(r['dev_vs_last'], 100, 1)} | {dev_rho} | {interval_str(r['test_neutral'])} | {r['length_spearman']:+.3f} | {secs} |")
+        md.append(f"| {v}{' (chosen on dev)' if v == best else ''} | {json.dumps(r['change']) + (' + twins' if v in TWINS else '') if r['change'] else '(zero-shot)'} | {interval_str(r['dev'])} | "
+                  f"{interval_str(r['dev_vs_last'], 100, 1)} | {interval_str(r['dev_vs_study'], 100, 1)} | {dev_rho} | {interval_str(r['test_neutral'])} | {r['length_spearman']:+.3f} | {secs} |")
+    gain = rows[best]["dev_vs_study"]
     md += ["", f"The study's reward model (`train.rm`): reward `{rm.get('reward', 'head')}`, pool `{rm['pool']}`, center {rm.get('center', 0.0)}, "
-           f"lm_beta {rm.get('lm_beta', 1.0)}, {rm['epochs']} epochs.", "", cmd]
+           f"lm_beta {rm.get('lm_beta', 1.0)}, {rm['epochs']} epochs. The row chosen on dev (`{best}`) is "
+           + ("the study's own." if best == study else f"{interval_str(gain, 100, 1)} points from it on dev (paired): "
+              + ("above it, so the study should take its settings." if gain["low"] > 0 else "not distinguishable from it, so the study keeps its settings (each change reruns every training of the study).")), "",
+           f"Where the study's row (`{study}`) errs on dev, pooled over the worlds (accuracy, pairs): by the pair's error gap (errors of the worse answer minus the better's), task, group and scene difficulty.", ""]
+    for by, cells in limits.items():
+        md += [f"- {by}: " + "; ".join(f"{k} {c['accuracy']:.3f} ({c['pairs']})" for k, c in cells.items())]
+    md += ["", cmd]
     atomic_write(Path(a.out + ".md"), "\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -103,7 +103,7 @@ def main():
           f"**{l['ratio']:.2f}x** |", "",
           f"Rows average {tokens['row_tokens_mean']:.1f} tokens: a pair is {tokens['pair_tokens_separate']:.1f} tokens as two rows and "
           f"{tokens['pair_tokens_shared']:.1f} packed, {tokens['token_ratio']:.2f}x fewer, the most sharing can save where a step's cost is all per token "
-          "(the tiny base's steps also carry per-call costs that do not shrink). The two study trainings end at loss {s['final_loss_separate']:.4f} and {s['final_loss_shared']:.4f}; "
+          f"(the tiny base's steps also carry per-call costs that do not shrink). The two study trainings end at loss {s['final_loss_separate']:.4f} and {s['final_loss_shared']:.4f}; "
           f"on {s['dev_pairs']} dev pairs their rewards differ by at most {s['dev_reward_max_abs_diff']:.2e} (float rounding carried through "
           f"{s['steps']} steps), dev accuracy {s['dev_accuracy_separate']:.3f} and {s['dev_accuracy_shared']:.3f}.", "",
           "    .venv/bin/python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])]

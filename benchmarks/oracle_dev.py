@@ -20,7 +20,9 @@ Directions:
   summed value head (`reward: head_lm`);
 - the implicit reward's training knobs: LoRA rank, learning rate, batch size (twice the steps), a fourth epoch;
 - the gold pairs with the construction's counterfactual twins added (`+ twins`: the same question's answer on another
-  image as the negative), as the constructed arms get them: twice the pairs, twice the cost.
+  image as the negative), as the constructed arms get them: twice the pairs, twice the cost;
+- the learning curve: the study's reward model on seeded subsets of 500 and 1,000 gold pairs, and on 4,000 (the 2,000
+  plus 2,000 more drawn as the world draws them, from another seed): is it short of data?
 
 A last section breaks the study's row's dev accuracy down by the pair's error gap, task, group and scene difficulty:
 where the reward model still errs.
@@ -71,7 +73,15 @@ VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its r
     "lm_beta0.5_twins": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0},
     "lm_beta0.5_twins_bs8": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "batch_size": 8},
 }
-TWINS = {"lm_beta0.5_twins", "lm_beta0.5_twins_bs8"}  # rows trained on the gold pairs plus the construction's counterfactual twins (construct.debias, counterfactual: other_image), as the constructed arms get them
+_LM = {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0}
+VARIANTS |= {"lm_beta0.5_n500": _LM, "lm_beta0.5_n1000": _LM, "lm_beta0.5_n4000": _LM, "lm_beta0.5_n4000_r32": _LM | {"lora_r": 32, "lora_alpha": 32},
+             "lm_beta0.5_n4000_bs8": _LM | {"batch_size": 8}}
+DATA = {  # rows trained on other data than the gold pairs: twins (the construction's counterfactual twins added, as the constructed arms get them) or a seeded subset of this many pairs (the learning curve)
+    "lm_beta0.5_twins": {"twins": True}, "lm_beta0.5_twins_bs8": {"twins": True},
+    "lm_beta0.5_n500": {"pairs": 500}, "lm_beta0.5_n1000": {"pairs": 1000}, "lm_beta0.5_n4000": {"extra": 2000},
+    "lm_beta0.5_n4000_r32": {"extra": 2000}, "lm_beta0.5_n4000_bs8": {"extra": 2000}}
+data_note = lambda d: " + twins" if d.get("twins") else f" on {d['pairs']} pairs" if d.get("pairs") else f" + {d['extra']} more gold pairs" if d.get("extra") else ""
+EXTRA_SEED = 10_000  # more gold pairs of world w<k> are drawn with seed EXTRA_SEED + k: the same knobs, scenes the world never holds
 ZERO_SHOT = ("lm_logp", "lm_pmi")  # the base's language-model head, untrained
 
 
@@ -138,13 +148,29 @@ def breakdown(runs: dict, variant: str, worlds: list, dev_path: str) -> dict:
     return {by: {k: {"accuracy": float(np.mean(v)), "pairs": len(v)} for k, v in sorted(vals.items())} for by, vals in cells.items()}
 
 
-def with_twins(path: str, out_dir: str, seed: int) -> str:
-    "A copy of the pair file `path` in `out_dir` with every pair's counterfactual twin added, as the construction adds them (the same question's answer on another image as the negative)."
+def more_gold(world: str, n: int, knobs: dict, out_dir: str) -> list[dict]:
+    "`n` more gold pairs drawn as the world's `train_oracle` split is (its knobs `knobs`), from seed EXTRA_SEED + the world's, their images rendered under `out_dir`."
+    from dt2it_mrm.core import rng
+    from dt2it_mrm.world import WorldConfig, make_split, render_scene
+    cfg, seed = WorldConfig.from_params(knobs | {"n_train": n}), EXTRA_SEED + int(world.lstrip("w"))
+    img = Path(out_dir) / f"more_gold_{world}"; img.mkdir(parents=True, exist_ok=True)
+    recs, prompts = make_split(cfg, "train_oracle", seed, img.as_posix())
+    for q in prompts: render_scene(q.scene, cfg.image_size, rng(seed, "render", q.scene.id)).save(img / f"{q.scene.id}.png")
+    return [r | {"id": f"more_{r['id']}"} for r in recs]
+
+
+def train_data(path: str, out_dir: str, seed: int, twins: bool = False, pairs: int | None = None, extra: int | None = None,
+               world: str = "", knobs: dict | None = None) -> str:
+    "The pair file `path`, or a copy in `out_dir`: cut to a seeded subset of `pairs` pairs, with `extra` more gold pairs of `world` (its generate knobs `knobs`), or with every pair's counterfactual twin added as the construction adds them (the same question's answer on another image as the negative)."
+    if not twins and pairs is None and not extra: return path
     from common import read_pairs
     from dt2it_mrm.construct import debias
     from dt2it_mrm.core import write_jsonl
-    out = Path(out_dir) / (Path(path).parent.name + "_" + Path(path).name)
-    if not out.exists(): write_jsonl(out, debias(read_pairs(path), {}, weighting="none", counterfactual=["other_image"], seed=seed)[0])
+    out = Path(out_dir) / f"{Path(path).parent.name}_{'twins' if twins else pairs or f'more{extra}'}_{Path(path).name}"
+    if out.exists(): return str(out)
+    recs = read_pairs(path) + (more_gold(world, extra, knobs or {}, out_dir) if extra else [])
+    if pairs is not None: recs = [recs[i] for i in sorted(np.random.default_rng(seed).choice(len(recs), min(pairs, len(recs)), replace=False))]
+    write_jsonl(out, debias(recs, {}, weighting="none", counterfactual=["other_image"], seed=seed)[0] if twins else recs)
     return str(out)
 
 
@@ -176,14 +202,14 @@ def main():
         same = lambda x, y: x is not None and trained_as(x) == trained_as(y)
         kept = {(v, w): r for (v, w), r in kept.items() if v in ZERO_SHOT or (v in VARIANTS and v not in a.retrain and same(r.get("rm"), rm | VARIANTS[v]))}
         with ProcessPoolExecutor(a.workers) as ex:
-            futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], with_twins(train.format(world=w), tmp.name, seed) if v in TWINS else train.format(world=w), sets, base)
+            futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], train_data(train.format(world=w), tmp.name, seed, world=w, knobs=params["generate"]["world"], **DATA.get(v, {})), sets, base)
                     for v in a.variants for w in worlds if (v, w) not in kept}
             zs = {w: ex.submit(zero_shot, w, base, sets) for w in worlds if any((z, w) not in kept for z in ZERO_SHOT)}
             runs = kept | {(v, w): f.result() | {"rm": rm | VARIANTS[v]} for (v, w), f in futs.items()}
             runs |= {(v, w): r for w, f in zs.items() for v, r in f.result().items()}
         write_json(Path(a.out + ".json"), {"command": cmd, "runs": [r | {"key": list(k)} for k, r in runs.items()]})  # kept before any tabulating
     correct = lambda m: (np.asarray(m) > 0).astype(float)
-    study = next((v for v in a.variants if v not in TWINS and trained_as(rm | VARIANTS[v]) == trained_as(rm)), "last")  # the row trained as the study trains
+    study = next((v for v in a.variants if v not in DATA and trained_as(rm | VARIANTS[v]) == trained_as(rm)), "last")  # the row trained as the study trains
     rows = {}
     for v in [*ZERO_SHOT, *a.variants]:
         dev = [{"v": correct(runs[v, w]["margins"]["dev"]), "last": correct(runs["last", w]["margins"]["dev"]), "study": correct(runs[study, w]["margins"]["dev"])} for w in worlds]
@@ -195,7 +221,7 @@ def main():
                    "dev_length_spearman": float(np.mean([runs[v, w]["dev_length_spearman"] for w in worlds])) if v in VARIANTS else None,
                    "train_s": float(np.mean([runs[v, w]["train_s"] for w in worlds])) if v in VARIANTS else None,
                    "change": VARIANTS.get(v)}
-    best = choose({v: rows[v] for v in a.variants if "epochs" not in VARIANTS[v] and v not in TWINS}, a.max_length_rho)  # the study's epochs and data: its time budget
+    best = choose({v: rows[v] for v in a.variants if "epochs" not in VARIANTS[v] and v not in DATA}, a.max_length_rho)  # the study's epochs and data: its time budget
     limits = breakdown(runs, study, worlds, sets["dev"])
     write_json(Path(a.out + ".json"), {"command": cmd, "worlds": worlds, "seed": seed, "rm": rm, "variants": rows, "chosen_on_dev": best, "study_row": study, "study_row_on_dev_by": limits,
                                        "wall_s": old.get("wall_s") if a.from_json else round(time.perf_counter() - t0), "runs": [r | {"key": list(k)} for k, r in runs.items()]})
@@ -204,14 +230,14 @@ def main():
           "95% intervals from a bootstrap over worlds, then pairs. The choice is made on dev; `test_neutral` (the primary set) is only reported. The `(zero-shot)` rows use the base's language-model head untrained; the other `lm*` rows fine-tune it as an implicit reward (`reward: lm`). Length ρ: Spearman of reward and answer length over the "
           "unique answers of a set. The choice, as in the construction ablation: the best dev accuracy among the trained rows at the study's epochs "
           f"(more epochs multiply the cost of every training of the study) whose |dev length ρ| ≤ {a.max_length_rho} (if none, the smallest |dev length ρ|), on the gold pairs alone: the `+ twins` rows add every pair's counterfactual twin "
-          "(the same question's answer on another image as the negative, as the construction adds them), which doubles the pairs and the cost of a training. "
+          "(the same question's answer on another image as the negative, as the construction adds them), which doubles the pairs and the cost of a training; the `on N pairs` rows train on a seeded subset, the `more gold pairs` row on the 2,000 and as many more drawn like them from another seed (the learning curve). "
           f"Points vs the study: the paired dev difference from the row trained as the study trains (`{study}`). Train s: mean wall time of one training in the run that trained the row.", "",
           "| direction | change of train.rm | dev accuracy | dev, points vs last | dev, points vs the study | dev length ρ | test_neutral accuracy | length ρ | train s |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v, r in rows.items():
         secs = "–" if r["train_s"] is None else f"{r['train_s']:.0f}"
         dev_rho = "–" if r["dev_length_spearman"] is None else f"{r['dev_length_spearman']:+.3f}"
-        md.append(f"| {v}{' (chosen on dev)' if v == best else ''} | {json.dumps(r['change']) + (' + twins' if v in TWINS else '') if r['change'] else '(zero-shot)'} | {interval_str(r['dev'])} | "
+        md.append(f"| {v}{' (chosen on dev)' if v == best else ''} | {json.dumps(r['change']) + data_note(DATA.get(v, {})) if r['change'] else '(zero-shot)'} | {interval_str(r['dev'])} | "
                   f"{interval_str(r['dev_vs_last'], 100, 1)} | {interval_str(r['dev_vs_study'], 100, 1)} | {dev_rho} | {interval_str(r['test_neutral'])} | {r['length_spearman']:+.3f} | {secs} |")
     gain = rows[best]["dev_vs_study"]
     md += ["", f"The study's reward model (`train.rm`): reward `{rm.get('reward', 'head')}`, pool `{rm['pool']}`, center {rm.get('center', 0.0)}, "

@@ -24,6 +24,20 @@ from dt2it_mrm.reward_model import RMConfig, build_reward_model, load_reward_mod
 from dt2it_mrm.score import RewardScorer, naive_scores
 
 
+def where_time_goes(rm, items, batch_size: int) -> dict:
+    "One more batched call under cProfile: seconds in each part of it (the profiler's overhead included, so only the shares compare)."
+    import cProfile, inspect, pstats
+    from dt2it_mrm.reward_model import ItemData, RewardModel
+    parts = {"total": RewardScorer.member_scores, "inputs (tokenise, image tensors)": ItemData.__init__, "image features": RewardScorer._features,
+             "packing (position ids, block mask)": RewardModel.pack, "reference pass (frozen base, blank image)": RewardModel.reference_logp,
+             "adapted pass": RewardModel.forward}
+    pr = cProfile.Profile(); scorer = RewardScorer(rm, batch_size=batch_size)
+    pr.enable(); scorer(items); pr.disable()
+    st = pstats.Stats(pr).stats
+    key = lambda f: (lambda c: (c.co_filename, c.co_firstlineno, c.co_name))(inspect.unwrap(f).__code__)
+    return {name: round(st[key(f)][3], 4) if key(f) in st else 0.0 for name, f in parts.items()}
+
+
 def compare(rm, items, batch_size: int, repeats: int = 3) -> dict:
     "Time both paths on `items` with reward model `rm`, `repeats` times each (medians; first-call costs excluded)."
     naive_scores(rm, items[:2]); RewardScorer(rm)(items[:2])
@@ -44,7 +58,7 @@ def compare(rm, items, batch_size: int, repeats: int = 3) -> dict:
             "batched_items_per_s": len(items) / tb, "speedup": tn / tb, "speedups": [n / b for n, b in zip(t_naive, t_batched)],
             "speedup_unfolded": tn / tp, "batched_separate_rows_s": ts, "speedup_separate_rows": tn / ts,
             "max_abs_score_diff": diff, "max_abs_score_diff_shared_vs_separate": float(np.abs(got - got_sep).max()),
-            "reward": rm.cfg.reward}
+            "reward": rm.cfg.reward, "batched_profile_s": where_time_goes(rm, items, batch_size)}
 
 
 def main():

@@ -75,11 +75,13 @@ VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its r
 }
 _LM = {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0}
 VARIANTS |= {"lm_beta0.5_n500": _LM, "lm_beta0.5_n1000": _LM, "lm_beta0.5_n4000": _LM, "lm_beta0.5_n4000_r32": _LM | {"lora_r": 32, "lora_alpha": 32},
-             "lm_beta0.5_n4000_bs8": _LM | {"batch_size": 8}}
+             "lm_beta0.5_n4000_bs8": _LM | {"batch_size": 8}, "lm_beta0.5_n4000_r32_epochs2": _LM | {"lora_r": 32, "lora_alpha": 32, "epochs": 2},
+             "lm_beta0.5_n4000_epochs2": _LM | {"epochs": 2}}
 DATA = {  # rows trained on other data than the gold pairs: twins (the construction's counterfactual twins added, as the constructed arms get them) or a seeded subset of this many pairs (the learning curve)
     "lm_beta0.5_twins": {"twins": True}, "lm_beta0.5_twins_bs8": {"twins": True},
     "lm_beta0.5_n500": {"pairs": 500}, "lm_beta0.5_n1000": {"pairs": 1000}, "lm_beta0.5_n4000": {"extra": 2000},
-    "lm_beta0.5_n4000_r32": {"extra": 2000}, "lm_beta0.5_n4000_bs8": {"extra": 2000}}
+    "lm_beta0.5_n4000_r32": {"extra": 2000}, "lm_beta0.5_n4000_bs8": {"extra": 2000},
+    "lm_beta0.5_n4000_r32_epochs2": {"extra": 2000}, "lm_beta0.5_n4000_epochs2": {"extra": 2000}}  # two epochs of twice the pairs: 1.33x the steps of three of 2,000
 data_note = lambda d: " + twins" if d.get("twins") else f" on {d['pairs']} pairs" if d.get("pairs") else f" + {d['extra']} more gold pairs" if d.get("extra") else ""
 EXTRA_SEED = 10_000  # more gold pairs of world w<k> are drawn with seed EXTRA_SEED + k: the same knobs, scenes the world never holds
 ZERO_SHOT = ("lm_logp", "lm_pmi")  # the base's language-model head, untrained

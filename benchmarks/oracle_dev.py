@@ -77,7 +77,7 @@ _LM = {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0}
 VARIANTS |= {"lm_beta0.5_n500": _LM, "lm_beta0.5_n1000": _LM, "lm_beta0.5_n4000": _LM, "lm_beta0.5_n4000_r32": _LM | {"lora_r": 32, "lora_alpha": 32},
              "lm_beta0.5_n4000_bs8": _LM | {"batch_size": 8}, "lm_beta0.5_n4000_r32_epochs2": _LM | {"lora_r": 32, "lora_alpha": 32, "epochs": 2},
              "lm_beta0.5_n4000_epochs2": _LM | {"epochs": 2}}
-DATA = {  # rows trained on other data than the gold pairs: twins (the construction's counterfactual twins added, as the constructed arms get them) or a seeded subset of this many pairs (the learning curve)
+DATA = {  # rows trained on other data than the 2,000 gold pairs: twins (the construction's counterfactual twins added, as the constructed arms get them), a seeded subset of this many pairs, or this many more gold pairs (the learning curve)
     "lm_beta0.5_twins": {"twins": True}, "lm_beta0.5_twins_bs8": {"twins": True},
     "lm_beta0.5_n500": {"pairs": 500}, "lm_beta0.5_n1000": {"pairs": 1000}, "lm_beta0.5_n4000": {"extra": 2000},
     "lm_beta0.5_n4000_r32": {"extra": 2000}, "lm_beta0.5_n4000_bs8": {"extra": 2000},

@@ -65,17 +65,14 @@ VARIANTS = {  # name -> overrides of params.yaml train.rm (every row names its r
     "lm_beta2": {"reward": "lm", "lm_beta": 2.0, "lm_reference": "blank", "center": 0.0},
     "lm_epochs5": {"reward": "lm", "lm_beta": 1.0, "lm_reference": "blank", "center": 0.0, "epochs": 5},
     "sum_center0.01_plus_lm": {"reward": "head_lm", "pool": "sum", "lm_beta": 1.0, "lm_reference": "blank", "center": 0.01},
-    "lm_beta0.5_r32": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "lora_r": 32, "lora_alpha": 32},
-    "lm_beta0.5_lr0.004": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "lr": 0.004},
-    "lm_beta0.5_lr0.001": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "lr": 0.001},
-    "lm_beta0.5_bs8": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "batch_size": 8},
-    "lm_beta0.5_epochs4": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "epochs": 4},
-    "lm_beta0.5_twins": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0},
-    "lm_beta0.5_twins_bs8": {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0, "batch_size": 8},
 }
-_LM = {"reward": "lm", "lm_beta": 0.5, "lm_reference": "blank", "center": 0.0}
-VARIANTS |= {"lm_beta0.5_n500": _LM, "lm_beta0.5_n1000": _LM, "lm_beta0.5_n4000": _LM, "lm_beta0.5_n4000_r32": _LM | {"lora_r": 32, "lora_alpha": 32},
-             "lm_beta0.5_n4000_bs8": _LM | {"batch_size": 8}, "lm_beta0.5_n4000_r32_epochs2": _LM | {"lora_r": 32, "lora_alpha": 32, "epochs": 2},
+_LM = VARIANTS["lm_beta0.5"]  # the study's implicit reward: the rows below change one thing of it
+R32 = {"lora_r": 32, "lora_alpha": 32}
+VARIANTS |= {"lm_beta0.5_r32": _LM | R32, "lm_beta0.5_lr0.004": _LM | {"lr": 0.004}, "lm_beta0.5_lr0.001": _LM | {"lr": 0.001},
+             "lm_beta0.5_bs8": _LM | {"batch_size": 8}, "lm_beta0.5_epochs4": _LM | {"epochs": 4},
+             "lm_beta0.5_twins": _LM, "lm_beta0.5_twins_bs8": _LM | {"batch_size": 8},
+             "lm_beta0.5_n500": _LM, "lm_beta0.5_n1000": _LM, "lm_beta0.5_n4000": _LM, "lm_beta0.5_n4000_r32": _LM | R32,
+             "lm_beta0.5_n4000_bs8": _LM | {"batch_size": 8}, "lm_beta0.5_n4000_r32_epochs2": _LM | R32 | {"epochs": 2},
              "lm_beta0.5_n4000_epochs2": _LM | {"epochs": 2}}
 DATA = {  # rows trained on other data than the 2,000 gold pairs: twins (the construction's counterfactual twins added, as the constructed arms get them), a seeded subset of this many pairs, or this many more gold pairs (the learning curve)
     "lm_beta0.5_twins": {"twins": True}, "lm_beta0.5_twins_bs8": {"twins": True},

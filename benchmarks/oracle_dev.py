@@ -73,12 +73,16 @@ VARIANTS |= {"lm_beta0.5_r32": _LM | R32, "lm_beta0.5_lr0.004": _LM | {"lr": 0.0
              "lm_beta0.5_twins": _LM, "lm_beta0.5_twins_bs8": _LM | {"batch_size": 8},
              "lm_beta0.5_n500": _LM, "lm_beta0.5_n1000": _LM, "lm_beta0.5_n4000": _LM, "lm_beta0.5_n4000_r32": _LM | R32,
              "lm_beta0.5_n4000_bs8": _LM | {"batch_size": 8}, "lm_beta0.5_n4000_r32_epochs2": _LM | R32 | {"epochs": 2},
-             "lm_beta0.5_n4000_epochs2": _LM | {"epochs": 2}}
+             "lm_beta0.5_n4000_epochs2": _LM | {"epochs": 2},
+             "lm_beta0.5_n3000_r32": _LM | R32, "lm_beta0.5_n4000_r32_epochs2.5": _LM | R32 | {"epochs": 2.5},
+             "lm_beta0.5_n6000_r32_epochs1": _LM | R32 | {"epochs": 1}, "lm_beta0.5_n8000_r32_epochs1": _LM | R32 | {"epochs": 1}}
 DATA = {  # rows trained on other data than the 2,000 gold pairs: twins (the construction's counterfactual twins added, as the constructed arms get them), a seeded subset of this many pairs, or this many more gold pairs (the learning curve)
     "lm_beta0.5_twins": {"twins": True}, "lm_beta0.5_twins_bs8": {"twins": True},
     "lm_beta0.5_n500": {"pairs": 500}, "lm_beta0.5_n1000": {"pairs": 1000}, "lm_beta0.5_n4000": {"extra": 2000},
     "lm_beta0.5_n4000_r32": {"extra": 2000}, "lm_beta0.5_n4000_bs8": {"extra": 2000},
-    "lm_beta0.5_n4000_r32_epochs2": {"extra": 2000}, "lm_beta0.5_n4000_epochs2": {"extra": 2000}}  # two epochs of twice the pairs: 1.33x the steps of three of 2,000
+    "lm_beta0.5_n4000_r32_epochs2": {"extra": 2000}, "lm_beta0.5_n4000_epochs2": {"extra": 2000},  # two epochs of twice the pairs: 1.33x the steps of three of 2,000
+    "lm_beta0.5_n3000_r32": {"extra": 1000}, "lm_beta0.5_n4000_r32_epochs2.5": {"extra": 2000},
+    "lm_beta0.5_n6000_r32_epochs1": {"extra": 4000}, "lm_beta0.5_n8000_r32_epochs1": {"extra": 6000}}  # one pass over 3x the pairs: the study's steps
 data_note = lambda d: " + twins" if d.get("twins") else f" on {d['pairs']} pairs" if d.get("pairs") else f" + {d['extra']} more gold pairs" if d.get("extra") else ""
 EXTRA_SEED = 10_000  # more gold pairs of world w<k> are drawn with seed EXTRA_SEED + k: the same knobs, scenes the world never holds
 ZERO_SHOT = ("lm_logp", "lm_pmi")  # the base's language-model head, untrained
@@ -133,6 +137,13 @@ def trained_as(x: dict) -> dict:
     return {k: v for k, v in c.items() if c["reward"] != "head" or not k.startswith("lm_")}
 
 
+def cost_vs_last(runs: dict, v: str, worlds: list) -> float | None:
+    "Mean train s of row `v` over that of `last`, if every world of both was timed in the same run (else None: other runs had other loads)."
+    stamps = {runs[x, w].get("timed_in") for x in (v, "last") for w in worlds}
+    if v in ZERO_SHOT or len(stamps) != 1 or None in stamps: return None
+    return float(np.mean([runs[v, w]["train_s"] for w in worlds]) / np.mean([runs["last", w]["train_s"] for w in worlds]))
+
+
 def breakdown(runs: dict, variant: str, worlds: list, dev_path: str) -> dict:
     "Where `variant` errs on dev: its accuracy (pooled over `worlds`) by each pair's error gap, task, group and scene difficulty, with the pairs in each cell."
     from common import read_pairs
@@ -185,6 +196,7 @@ def main():
     ap.add_argument("--from-json", action="store_true", help="re-tabulate the runs of --out's JSON instead of training")
     ap.add_argument("--max-length-rho", type=float, default=0.1, help="the choice: best dev accuracy among rows whose |dev reward-length Spearman| is at most this")
     ap.add_argument("--reuse", action="store_true", help="keep the runs of --out's JSON and train only the (row, world) pairs it lacks")
+    ap.add_argument("--budget", type=float, default=2.0, help="the cost rule: the best dev row among those whose training took at most this many times the last-token head's, timed in the same run")
     ap.add_argument("--retrain", nargs="*", default=[], choices=list(VARIANTS), help="with --reuse: train these rows again (their train s then comes from this run)")
     a = ap.parse_args(); os.chdir(ROOT)
     if "last" not in a.variants: a.variants = ["last", *a.variants]
@@ -192,19 +204,21 @@ def main():
     sets = {"dev": params["data"]["dev"], "test_neutral": params["data"]["test_sets"]["test_neutral"]}
     rm, seed, base = params["train"]["rm"], params["base"]["seed"], params["base"]["model"]
     train = str(Path(params["generate"]["out_dir"]) / "train_oracle.jsonl")
-    t0 = time.perf_counter(); tmp = tempfile.TemporaryDirectory()
+    t0 = time.perf_counter(); tmp = tempfile.TemporaryDirectory(); stamp = time.strftime("%Y-%m-%dT%H:%M:%S")  # the run that timed a training
     cmd = "    .venv/bin/python benchmarks/oracle_dev.py " + " ".join(sys.argv[1:])
     if a.from_json:
         old = json.loads(Path(a.out + ".json").read_text()); runs = {tuple(r["key"]): r for r in old["runs"]}; cmd = old.get("command", cmd)
+        a.variants = [v for v in a.variants if all((v, w) in runs for w in worlds)]
     else:
         kept = {tuple(r["key"]): r for r in json.loads(Path(a.out + ".json").read_text())["runs"]} if a.reuse else {}
         same = lambda x, y: x is not None and trained_as(x) == trained_as(y)
         kept = {(v, w): r for (v, w), r in kept.items() if v in ZERO_SHOT or (v in VARIANTS and v not in a.retrain and same(r.get("rm"), rm | VARIANTS[v]))}
+        data = {(v, w): train_data(train.format(world=w), tmp.name, seed, world=w, knobs=params["generate"]["world"], **DATA.get(v, {}))
+                for v in a.variants for w in worlds if (v, w) not in kept}  # all made before any training is timed
         with ProcessPoolExecutor(a.workers) as ex:
-            futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], train_data(train.format(world=w), tmp.name, seed, world=w, knobs=params["generate"]["world"], **DATA.get(v, {})), sets, base)
-                    for v in a.variants for w in worlds if (v, w) not in kept}
+            futs = {(v, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], path, sets, base) for (v, w), path in data.items()}
             zs = {w: ex.submit(zero_shot, w, base, sets) for w in worlds if any((z, w) not in kept for z in ZERO_SHOT)}
-            runs = kept | {(v, w): f.result() | {"rm": rm | VARIANTS[v]} for (v, w), f in futs.items()}
+            runs = kept | {(v, w): f.result() | {"rm": rm | VARIANTS[v], "timed_in": stamp} for (v, w), f in futs.items()}
             runs |= {(v, w): r for w, f in zs.items() for v, r in f.result().items()}
         write_json(Path(a.out + ".json"), {"command": cmd, "runs": [r | {"key": list(k)} for k, r in runs.items()]})  # kept before any tabulating
     correct = lambda m: (np.asarray(m) > 0).astype(float)
@@ -219,10 +233,12 @@ def main():
                    "length_spearman": float(np.mean([runs[v, w]["length_spearman"] for w in worlds])),
                    "dev_length_spearman": float(np.mean([runs[v, w]["dev_length_spearman"] for w in worlds])) if v in VARIANTS else None,
                    "train_s": float(np.mean([runs[v, w]["train_s"] for w in worlds])) if v in VARIANTS else None,
-                   "change": VARIANTS.get(v)}
+                   "change": VARIANTS.get(v), "cost_vs_last": cost_vs_last(runs, v, worlds)}
     best = choose({v: rows[v] for v in a.variants if "epochs" not in VARIANTS[v] and v not in DATA}, a.max_length_rho)  # the study's epochs and data: its time budget
+    within = {v: r for v, r in rows.items() if r["cost_vs_last"] is not None and r["cost_vs_last"] <= a.budget}
+    budget = choose(within, a.max_length_rho) if within else None  # any data, any epochs: what the oracle reaches for at most `budget` times the head's cost
     limits = breakdown(runs, study, worlds, sets["dev"])
-    write_json(Path(a.out + ".json"), {"command": cmd, "worlds": worlds, "seed": seed, "rm": rm, "variants": rows, "chosen_on_dev": best, "study_row": study, "study_row_on_dev_by": limits,
+    write_json(Path(a.out + ".json"), {"command": cmd, "worlds": worlds, "seed": seed, "rm": rm, "variants": rows, "chosen_on_dev": best, "chosen_within_budget": budget, "budget": a.budget, "study_row": study, "study_row_on_dev_by": limits,
                                        "wall_s": old.get("wall_s") if a.from_json else round(time.perf_counter() - t0), "runs": [r | {"key": list(k)} for k, r in runs.items()]})
     md = ["# Oracle directions on dev", "",
           f"Gold labels (`train_oracle.jsonl`), worlds {', '.join(worlds)}, one model per world and row (`train.rm` plus the row's change, seed {seed}); "
@@ -231,18 +247,23 @@ def main():
           f"(more epochs multiply the cost of every training of the study) whose |dev length ρ| ≤ {a.max_length_rho} (if none, the smallest |dev length ρ|), on the gold pairs alone: the `+ twins` rows add every pair's counterfactual twin "
           "(the same question's answer on another image as the negative, as the construction adds them), which doubles the pairs and the cost of a training; the `on N pairs` rows train on a seeded subset, the `more gold pairs` row on the 2,000 and as many more drawn like them from another seed (the learning curve). "
           f"Points vs the study: the paired dev difference from the row trained as the study trains (`{study}`). Train s: mean wall time of one training in the run that trained the row.", "",
-          "| direction | change of train.rm | dev accuracy | dev, points vs last | dev, points vs the study | dev length ρ | test_neutral accuracy | length ρ | train s |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "× last: the row's train s over the last-token head's (`last`) when both were timed in the same run (– if not).", "",
+          "| direction | change of train.rm | dev accuracy | dev, points vs last | dev, points vs the study | dev length ρ | test_neutral accuracy | length ρ | train s | × last |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v, r in rows.items():
         secs = "–" if r["train_s"] is None else f"{r['train_s']:.0f}"
+        cost = "–" if r["cost_vs_last"] is None else f"{r['cost_vs_last']:.2f}"
         dev_rho = "–" if r["dev_length_spearman"] is None else f"{r['dev_length_spearman']:+.3f}"
         md.append(f"| {v}{' (chosen on dev)' if v == best else ''} | {json.dumps(r['change']) + data_note(DATA.get(v, {})) if r['change'] else '(zero-shot)'} | {interval_str(r['dev'])} | "
-                  f"{interval_str(r['dev_vs_last'], 100, 1)} | {interval_str(r['dev_vs_study'], 100, 1)} | {dev_rho} | {interval_str(r['test_neutral'])} | {r['length_spearman']:+.3f} | {secs} |")
+                  f"{interval_str(r['dev_vs_last'], 100, 1)} | {interval_str(r['dev_vs_study'], 100, 1)} | {dev_rho} | {interval_str(r['test_neutral'])} | {r['length_spearman']:+.3f} | {secs} | {cost} |")
     gain = rows[best]["dev_vs_study"]
     md += ["", f"The study's reward model (`train.rm`): reward `{rm.get('reward', 'head')}`, pool `{rm['pool']}`, center {rm.get('center', 0.0)}, "
            f"lm_beta {rm.get('lm_beta', 1.0)}, {rm['epochs']} epochs. The row chosen on dev (`{best}`) is "
            + ("the study's own." if best == study else f"{interval_str(gain, 100, 1)} points from it on dev (paired): "
               + ("above it, so the study should take its settings." if gain["low"] > 0 else "not distinguishable from it, so the study keeps its settings (each change reruns every training of the study).")), "",
+           (f"Within the cost budget (a training at most {a.budget:g}× the last-token head's, timed in the same run; any data and epochs), the row chosen on dev by the same rule is `{budget}`: "
+            f"{rows[budget]['cost_vs_last']:.2f}× the head's cost, dev {interval_str(rows[budget]['dev'])}, test_neutral {interval_str(rows[budget]['test_neutral'])}." if budget else
+            f"No row timed in the same run as `last` costs at most {a.budget:g}× its training."), "",
            f"Where the study's row (`{study}`) errs on dev, pooled over the worlds (accuracy, pairs): by the pair's error gap (errors of the worse answer minus the better's), task, group and scene difficulty.", ""]
     for by, cells in limits.items():
         md += [f"- {by}: " + "; ".join(f"{k} {c['accuracy']:.3f} ({c['pairs']})" for k, c in cells.items())]

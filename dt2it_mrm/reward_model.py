@@ -576,11 +576,21 @@ def rewards(rm: RewardModel, data: ItemData, feats: dict, rows: Sequence[int] | 
 
 @torch.no_grad()
 def row_positions_of(rm: RewardModel, data: ItemData, batch_size: int = 64) -> list[torch.Tensor]:
-    "Every row's position ids (`row_positions`), computed once: they depend on a row's tokens and image grids only, so `fit` stores them in `data.positions`."
-    bb, out = rm.backbone(), []
-    for s in range(0, len(data), batch_size):
-        idx = list(range(s, min(len(data), s + batch_size))); pos = row_positions(bb, data.batch(idx))
-        out += [pos[..., r, :len(data.texts[i]["input_ids"])].clone() for r, i in enumerate(idx)]
+    "Every row's position ids (`row_positions`), computed once per prompt: rows answering the same prompt share its positions, and text after it counts on from their maximum."
+    bb, out, rep = rm.backbone(), [None] * len(data), {}
+    image_id = getattr(rm.base().config, "image_token_id", None)
+    for i, t in enumerate(data.texts):
+        ids = t["input_ids"]; n = len(ids) - int(t["answer_mask"].sum()) if "answer_mask" in t else len(ids)
+        key = (data.keys[i], tuple(ids[:n].tolist())) if n < len(ids) and image_id not in ids[n:].tolist() else i  # an answer with an image token: its own rope
+        rep.setdefault(key, (i, n, []))[2].append(i)
+    firsts = [r[0] for r in rep.values()]
+    for s in range(0, len(firsts), batch_size):
+        idx = firsts[s:s + batch_size]; pos = row_positions(bb, data.batch(idx))
+        for r, i in enumerate(idx): out[i] = pos[..., r, :len(data.texts[i]["input_ids"])].clone()
+    for i, n, rows in rep.values():
+        head = out[i][..., :n]
+        for j in rows:
+            if j != i: out[j] = torch.cat([head, head.max() + 1 + torch.arange(len(data.texts[j]["input_ids"]) - n).expand(*head.shape[:-1], -1)], -1)
     return out
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .core import jsonl_line, jsonl_lines, read_json, stable_hash, write_json
 from .data import load_image
-from .reward_model import (BLANK, FeatureCache, ItemData, RewardModel, blank_tensors, common_prefix, images_field, item_images,
+from .reward_model import (BLANK, FeatureCache, ItemData, RewardModel, blank_tensors, row_positions_of, common_prefix, images_field, item_images,
                                     load_reward_model, model_fingerprint, member_paths)
 from .vlm import as_dtype, autocast, blank_image, chat_text, image_features, load_processor, model_device, piece_bytes, split_images, to_device
 
@@ -177,9 +177,11 @@ class RewardScorer:
             if long := data.too_long(c0.max_length):
                 raise ValueError(f"{len(long)} of {len(items)} items have more than max_length={c0.max_length} tokens (e.g. item {long[0]}: "
                                  f"{data.lengths()[long[0]]} tokens, image {items[long[0]]['image']!r}); the scorer refuses rather than truncate")
-            lens, keys = data.lengths(), [item_key(it) for it in items]
+            lens, keys, positions = data.lengths(), [item_key(it) for it in items], {}
             for j, m in enumerate(self.models):
                 if m.cfg.blank_image != blank: continue
+                if m.base_path not in positions: positions[m.base_path] = row_positions_of(m, data)  # once per prompt, for every member on this base
+                data.positions = positions[m.base_path]
                 share = self.share_prefix and m.cfg.attn_implementation != "flash_attention_2"
                 prompt = (lambda i: (str(data.keys[i]), items[i]["question"], items[i].get("system"))) if share else (lambda i: i)
                 feats = self._features(m, data); m.eval(); dev = model_device(m)

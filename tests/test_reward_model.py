@@ -295,7 +295,9 @@ def test_a_pair_encoded_with_its_prompt_once_gives_the_hidden_states_loss_gradie
     assert int(m.sum()) - len(idx[m].unique()) >= 6 * 10  # tokens encoded once for both answers: at least the image and the question of each pair
     with torch.no_grad(): sep, one = rm.hidden_states(b, view), rm.hidden_states(b, view, pair_groups(12))
     assert (sep - one)[m].abs().max() < 1e-5
-    data.positions = row_positions_of(rm, data)  # what fit stores: each row's positions, computed once, carried by its batches
+    whole = row_positions(rm.backbone(), data.batch(range(len(data))))  # every row's rope from its own tokens, in one batch
+    data.positions = row_positions_of(rm, data)  # what fit stores: each row's positions, computed once per prompt, carried by its batches
+    assert all(torch.equal(q, whole[..., i, :q.shape[-1]]) for i, q in enumerate(data.positions))
     bp = data.batch(rows); bp.pop("answer_mask")
     assert bp["position_ids"].shape[-2:] == m.shape
     with torch.no_grad(): assert torch.allclose(rm.hidden_states(bp, view)[m], sep[m], atol=1e-6) and torch.allclose(rm.hidden_states(bp, view, pair_groups(12))[m], sep[m], atol=1e-5)

@@ -256,12 +256,11 @@ def qwen_pixels(processor, images: Sequence[Image.Image]) -> list[tuple[dict, in
     p, m, T = ip.patch_size, ip.merge_size, ip.temporal_patch_size
     if ip.do_resize and smart_resize(H, W, p * m, ip.size.shortest_edge, ip.size.longest_edge) != (H, W): return None
     x = np.stack([np.asarray(im) for im in images])                            # N, H, W, C (uint8)
-    gh, gw = H // p, W // p; N, C = x.shape[0], x.shape[-1]
-    x = np.ascontiguousarray(x.reshape(N, gh // m, m, p, gw // m, m, p, C).transpose(0, 1, 4, 2, 5, 7, 3, 6))  # N, gh/m, gw/m, m, m, C, p, p (bytes: a cheap copy)
-    lut = (np.arange(256, dtype=np.float64) * ip.rescale_factor).astype(np.float32)[:, None]  # the processor's arithmetic, step by step, once per byte value
-    lut = (lut - np.array(ip.image_mean, np.float32)) / np.array(ip.image_std, np.float32)    # (256, C)
-    x = lut[x, np.arange(C).reshape(C, 1, 1)]                                  # each byte's normalised value in its channel
-    x = np.repeat(x[:, :, :, :, :, :, None], T, axis=6).reshape(N, gh * gw, C * T * p * p)  # the temporal patch: the frame twice
+    x = (x.astype(np.float64) * ip.rescale_factor).astype(np.float32)          # the processor's arithmetic, step by step
+    x = (x - np.array(ip.image_mean, np.float32)) / np.array(ip.image_std, np.float32)
+    gh, gw = H // p, W // p; N, C = len(x), x.shape[-1]
+    x = x.reshape(N, gh // m, m, p, gw // m, m, p, C).transpose(0, 1, 4, 2, 5, 7, 3, 6)  # N, gh/m, gw/m, m, m, C, p, p
+    x = np.broadcast_to(x[:, :, :, :, :, :, None], (*x.shape[:6], T, p, p)).reshape(N, gh * gw, C * T * p * p)
     pv, grid = torch.from_numpy(np.ascontiguousarray(x)), torch.tensor([[1, gh, gw]])
     return [({"pixel_values": pv[i], "image_grid_thw": grid}, gh * gw // (m * m)) for i in range(N)]
 

@@ -2,14 +2,16 @@
 chat template and tokens), image features, position ids and the implicit reward's reference pass (the frozen base on a
 blank image), each timed `--repeats` times in one process (medians), one torch thread as in the study.
 
-A training of the study (2,000 pairs, 3 epochs) spends about a third of its time here, so this is part of what one
+A training of the study (2,000 pairs, 3 epochs, about 55 s) spends about a quarter of its time here, so this is part of what one
 training costs (`reports/bench/oracle_dev.md`'s cost rule). To compare two versions of the library, run the same script
 against each checkout under its own `--label`; the runs are kept side by side in one JSON:
 
     .venv/bin/python benchmarks/fit_prep.py --label after
-    git worktree add /tmp/before <commit> && cp benchmarks/fit_prep.py /tmp/before/benchmarks/ && \\
-      (cd /tmp/before && /work/main/.venv/bin/python benchmarks/fit_prep.py --label before --out /work/main/reports/bench/fit_prep.json)
+    git worktree add /tmp/before <commit> && cp benchmarks/fit_prep.py /tmp/before/benchmarks/ && \
+      ln -s $PWD/data/world $PWD/data/base /tmp/before/data/ && \
+      (cd /tmp/before && $OLDPWD/.venv/bin/python benchmarks/fit_prep.py --label before --out $OLDPWD/reports/bench/fit_prep.json)
 
+Timings on a shared machine move by 10-30% from one process to the next: run the two labels alternately, more than once.
 Writes reports/bench/fit_prep.json (runs by label; each part's seconds per 1,000 pairs; the library commit it ran).
 """
 import argparse, json, platform, statistics, subprocess, sys, time
@@ -39,9 +41,10 @@ def main():
         t = time.perf_counter(); data.positions = row_positions_of(rm, data); times["position ids"].append(time.perf_counter() - t)
         t = time.perf_counter(); reference_logps(rm, data, feats); times["reference pass"].append(time.perf_counter() - t)
     per_k = {k: statistics.median(v) * 1000 / len(recs) for k, v in times.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    git = lambda *c: subprocess.run(["git", *c], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") + ("+uncommitted" if git("status", "--porcelain", "dt2it_mrm") else "")  # the library that ran
     out = Path(a.out); old = json.loads(out.read_text()) if out.exists() else {}
-    runs = old.get("runs", {}) | {a.label: {"commit": commit, "library": str(ROOT), "pairs": len(recs), "repeats": a.repeats,
+    runs = old.get("runs", {}) | {a.label: {"commit": commit, "pairs": len(recs), "repeats": a.repeats,
                                             "s_per_1000_pairs": per_k, "total_s_per_1000_pairs": sum(per_k.values()), "runs_s": times}}
     res = {"data": a.data, "cpu": platform.processor() or platform.machine(), "torch_threads": 1, "runs": runs}
     if "before" in runs and "after" in runs:

@@ -7,9 +7,9 @@ training costs (`reports/bench/oracle_dev.md`'s cost rule). To compare two versi
 against each checkout under its own `--label`; the runs are kept side by side in one JSON:
 
     .venv/bin/python benchmarks/fit_prep.py --label after
-    git worktree add /tmp/before <commit> && cp benchmarks/fit_prep.py /tmp/before/benchmarks/ && \
-      ln -s $PWD/data/world $PWD/data/base /tmp/before/data/ && \
-      (cd /tmp/before && $OLDPWD/.venv/bin/python benchmarks/fit_prep.py --label before --out $OLDPWD/reports/bench/fit_prep.json)
+    git worktree add ../before <commit> && cp benchmarks/fit_prep.py ../before/benchmarks/ && \
+      ln -s $PWD/data/world $PWD/data/base ../before/data/ && \
+      (cd ../before && $OLDPWD/.venv/bin/python benchmarks/fit_prep.py --label before --out $OLDPWD/reports/bench/fit_prep.json)
 
 Timings on a shared machine move by 10-30% from one process to the next: run the two labels alternately, more than once.
 Writes reports/bench/fit_prep.json (runs by label; each part's seconds per 1,000 pairs; the library commit it ran).

@@ -22,7 +22,8 @@ Directions:
 - the gold pairs with the construction's counterfactual twins added (`+ twins`: the same question's answer on another
   image as the negative), as the constructed arms get them: twice the pairs, twice the cost;
 - the learning curve: the study's reward model on seeded subsets of 500 and 1,000 gold pairs, and on 4,000 (the 2,000
-  plus 2,000 more drawn as the world draws them, from another seed): is it short of data?
+  plus 2,000 more drawn as the world draws them, from another seed): is it short of data?;
+- the cost budget spent on more gold pairs: 3,000 pairs; 4,000 for 2 or 2.5 epochs; 6,000 or 8,000 seen once.
 
 A last section breaks the study's row's dev accuracy down by the pair's error gap, task, group and scene difficulty:
 where the reward model still errs.
@@ -32,7 +33,9 @@ row's overrides (seed `base.seed`). Accuracies carry 95% intervals from a bootst
 columns are the Spearman correlation of reward and answer length over the unique answers of dev and of `test_neutral`;
 the choice is the best dev accuracy among the rows whose |dev length ρ| ≤ 0.1 (the construction ablation's rule);
 `train s` is the mean wall time of one training in the run that trained the row (rows trained in different runs, with
-other jobs beside them, compare only roughly).
+other jobs beside them, compare only roughly). Every training records the run that timed it, so `× last` (a row's cost
+over the last-token head's) is given only where both were timed in the same run, and a second choice, the cost rule,
+takes the best dev row among those at most `--budget` (2) times the head's cost, whatever their data and epochs.
 
     .venv/bin/python benchmarks/oracle_dev.py [--worlds 0 1 2] [--variants last sum ...] [--workers 2] [--reuse]
 
@@ -82,7 +85,7 @@ DATA = {  # rows trained on other data than the 2,000 gold pairs: twins (the con
     "lm_beta0.5_n4000_r32": {"extra": 2000}, "lm_beta0.5_n4000_bs8": {"extra": 2000},
     "lm_beta0.5_n4000_r32_epochs2": {"extra": 2000}, "lm_beta0.5_n4000_epochs2": {"extra": 2000},  # two epochs of twice the pairs: 1.33x the steps of three of 2,000
     "lm_beta0.5_n3000_r32": {"extra": 1000}, "lm_beta0.5_n4000_r32_epochs2.5": {"extra": 2000},
-    "lm_beta0.5_n6000_r32_epochs1": {"extra": 4000}, "lm_beta0.5_n8000_r32_epochs1": {"extra": 6000}}  # one pass over 3x the pairs: the study's steps
+    "lm_beta0.5_n6000_r32_epochs1": {"extra": 4000}, "lm_beta0.5_n8000_r32_epochs1": {"extra": 6000}}  # one pass over 3x (the study's steps) or 4x the pairs
 data_note = lambda d: " + twins" if d.get("twins") else f" on {d['pairs']} pairs" if d.get("pairs") else f" + {d['extra']} more gold pairs" if d.get("extra") else ""
 EXTRA_SEED = 10_000  # more gold pairs of world w<k> are drawn with seed EXTRA_SEED + k: the same knobs, scenes the world never holds
 ZERO_SHOT = ("lm_logp", "lm_pmi")  # the base's language-model head, untrained

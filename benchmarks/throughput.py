@@ -27,10 +27,9 @@ from dt2it_mrm.score import RewardScorer, naive_scores
 def where_time_goes(rm, items, batch_size: int) -> dict:
     "One more batched call under cProfile: seconds in each part of it (the profiler's overhead included, so only the shares compare)."
     import cProfile, inspect, pstats
-    from dt2it_mrm import score
-    from dt2it_mrm.reward_model import ItemData, RewardModel
+    from dt2it_mrm.reward_model import ItemData, RewardModel, row_positions_of
     parts = {"total": RewardScorer.member_scores, "inputs (tokenise, image tensors)": ItemData.__init__, "image features": RewardScorer._features,
-             "position ids (once per prompt)": score.row_positions_of, "packing (block mask)": RewardModel.pack, "reference pass (frozen base, blank image)": RewardModel.reference_logp,
+             "position ids (once per prompt)": row_positions_of, "packing (block mask)": RewardModel.pack, "reference pass (frozen base, blank image)": RewardModel.reference_logp,
              "adapted pass": RewardModel.forward}
     pr = cProfile.Profile(); scorer = RewardScorer(rm, batch_size=batch_size)
     pr.enable(); scorer(items); pr.disable()

@@ -22,7 +22,7 @@ from .reward_model import (BLANK, FeatureCache, ItemData, RewardModel, blank_ten
 from .vlm import as_dtype, autocast, blank_image, chat_text, image_features, load_processor, model_device, piece_bytes, split_images, to_device
 
 # %% auto #0
-__all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'merged_lora_layers', 'swapped', 'item_key', 'packed_length',
+__all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'n_lora', 'merged_lora_layers', 'swapped', 'item_key', 'packed_length',
            'prompt_batches', 'RewardScorer', 'load_ensemble', 'naive_scores', 'read_scored', 'unique_items',
            'scorer_file', 'claim_output', 'score_to_jsonl', 'read_scores', 'record_items', 'main']
 
@@ -40,6 +40,11 @@ def dense_weight(layer: nn.Module) -> torch.Tensor | None:
     if isinstance(layer, bnb.nn.Linear4bit): return bnb.functional.dequantize_4bit(w.data, w.quant_state).float()
     if type(layer) is nn.Linear: return w.detach().float()
     return None
+
+def n_lora(rm: nn.Module) -> int:
+    "How many LoRA projections of `rm` have an active adapter."
+    from peft.tuners.lora import LoraLayer
+    return sum(isinstance(m, LoraLayer) and bool(m.active_adapters) for m in rm.modules())
 
 def merged_lora_layers(rm: RewardModel,
                        adapters: bool = True, # fold the adapters in; False: the base projection alone (an implicit reward's frozen reference)
@@ -126,6 +131,7 @@ class RewardScorer:
                              f"{enc(self.models[bad[0]].cfg)} vs {enc(c0)}); score them with separate scorers")
         self.processor = load_processor(self.models[0].base_path, c0.min_pixels, c0.max_pixels)
         self._feats: dict = {}
+        self._refs: dict = {}  # reference key (`_reference_key`) -> item key -> an implicit reward's reference, for the items of the latest call
         self._merged: dict[int, dict] = {}  # member -> its folded layers, made at its first call (members are frozen)
         self._fingerprint: str | None = None
 
@@ -145,6 +151,13 @@ class RewardScorer:
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         lk = dict(device=device, compute_dtype=compute_dtype, attn_implementation=attn_implementation)
         return cls([load_reward_model(p, **lk) for q in paths for p in member_paths(q)], **kw)
+
+    @staticmethod
+    def _reference_key(m: RewardModel, blank: bool) -> tuple:
+        "What an implicit reward's reference depends on besides the item: the frozen base, how it computes and encodes, and what it sees."
+        c = m.cfg
+        return (str(m.base_path), c.quant, c.compute_dtype, c.attn_implementation, str(model_device(m)), c.lm_reference, c.blank_size,
+                c.min_pixels, c.max_pixels, blank)
 
     def _features(self, m: RewardModel, data: ItemData) -> FeatureCache:
         "The feature cache of `m`'s base holding (or computing per batch, beyond `feature_cache_mb`) the features of `data`'s images."
@@ -178,6 +191,9 @@ class RewardScorer:
                 raise ValueError(f"{len(long)} of {len(items)} items have more than max_length={c0.max_length} tokens (e.g. item {long[0]}: "
                                  f"{data.lengths()[long[0]]} tokens, image {items[long[0]]['image']!r}); the scorer refuses rather than truncate")
             lens, keys, positions = data.lengths(), [item_key(it) for it in items], {}
+            wanted = set(keys)
+            for memo in self._refs.values():  # references are kept for the items of the latest call only
+                for k in [k for k in memo if k not in wanted]: del memo[k]
             for j, m in enumerate(self.models):
                 if m.cfg.blank_image != blank: continue
                 if m.base_path not in positions: positions[m.base_path] = row_positions_of(m, data)  # once per prompt, for every member on this base
@@ -186,8 +202,8 @@ class RewardScorer:
                 prompt = (lambda i: (str(data.keys[i]), items[i]["question"], items[i].get("system"))) if share else (lambda i: i)
                 feats = self._features(m, data); m.eval(); dev = model_device(m)
                 if self.merge and j not in self._merged:  # an implicit reward's reference is the base alone: folded apart, without the adapters
-                    self._merged[j] = (merged_lora_layers(m), merged_lora_layers(m, adapters=False) if m.cfg.reward != "head" else None)
-                fold, ref_fold = self._merged.get(j, ({}, None))
+                    self._merged[j] = (merged_lora_layers(m), merged_lora_layers(m, adapters=False) if m.cfg.reward != "head" else None, n_lora(m))
+                fold, ref_fold, lora = self._merged.get(j, ({}, None, 0))
                 with autocast(m.cfg.compute_dtype, dev):
                     ids = [t["input_ids"].tolist() for t in data.texts] if share and self.max_tokens else None
                     for groups in prompt_batches(lens, keys, prompt, self.batch_size, self.max_tokens, ids):
@@ -195,8 +211,13 @@ class RewardScorer:
                         b, pieces, blank_ = (to_device(x, dev) for x in (data.batch(rows), [feats[data.keys[i]] for i in rows], [feats[BLANK]] * len(rows)))
                         local = m.pack(b, local) if len(local) < len(rows) else None  # packed once for the reference and the adapted pass
                         if ref_fold is not None:
-                            with swapped(m, ref_fold):
-                                b["lm_reference"] = m.reference_logp({k: v for k, v in b.items() if k != "answer_mask"}, b["answer_mask"], pieces, blank_, local, adapters_off=False)
+                            memo = self._refs.setdefault(self._reference_key(m, blank), {}); known = [memo.get(keys[i]) for i in rows]
+                            if all(v is not None for v in known): b["lm_reference"] = torch.stack(known).to(dev)  # another member on this base computed it
+                            else:
+                                with swapped(m, ref_fold):  # projections that could not be folded (8-bit) still carry adapters: they are switched off
+                                    b["lm_reference"] = m.reference_logp({k: v for k, v in b.items() if k != "answer_mask"}, b["answer_mask"], pieces, blank_, local,
+                                                                         adapters_off=len(ref_fold) < lora)
+                                memo.update(zip((keys[i] for i in rows), b["lm_reference"].cpu().unbind()))
                         with swapped(m, fold): r = m(b, pieces, blank_, groups=local)["rewards"]
                         out[j, rows] = r.double().cpu().numpy()
         return out
@@ -206,10 +227,10 @@ class RewardScorer:
         return self.member_scores(items).mean(0)
 
 def load_ensemble(path: str | Path, **kw) -> list[RewardScorer]:
-    "One scorer per member of the ensemble (or single model) saved at `path`; they share one image-feature cache."
-    shared: dict = {}; out = []
+    "One scorer per member of the ensemble (or single model) saved at `path`; they share one image-feature cache and an implicit reward's reference."
+    shared, refs, out = {}, {}, []
     for p in member_paths(path):
-        s = RewardScorer(load_reward_model(p), **kw); s._feats = shared; out.append(s)
+        s = RewardScorer(load_reward_model(p), **kw); s._feats, s._refs = shared, refs; out.append(s)
     return out
 
 # %% ../nbs/06c_score.ipynb #3e2f0d3b

@@ -143,6 +143,38 @@ def test_an_ensemble_scores_the_mean_of_its_members(base, pairs, tmp_path):
     np.testing.assert_allclose(np.stack([m(items) for m in members]), per, atol=1e-6)
 
 
+def test_members_on_one_base_share_an_implicit_rewards_reference_to_the_bit(base, pairs, tmp_path, monkeypatch):
+    "The frozen base's reference is computed once per batch for every member on it (one scorer or `load_ensemble`'s), and the scores are those of members scored apart."
+    from dt2it_mrm.reward_model import RewardModel
+    train_ensemble(pairs[:8], base, RMConfig(lora_r=4, reward="lm", pool="sum", epochs=2, batch_size=4, lr=5e-3, warmup=1), k=2,
+                   out_dir=tmp_path / "ens", progress=False)
+    items = pair_items(pairs[:6]) + [{**pair_items(pairs[:1])[0], "image": None}]
+    apart = np.stack([RewardScorer.load(tmp_path / "ens" / f"member_{i}", batch_size=4)(items) for i in range(2)])
+    calls = []; orig = RewardModel.reference_logp
+    monkeypatch.setattr(RewardModel, "reference_logp", lambda self, *a, **kw: calls.append(1) or orig(self, *a, **kw))
+    one = RewardScorer.load(tmp_path / "ens", batch_size=4)
+    together = one.member_scores(items); n_batches = len(calls)
+    assert np.array_equal(together, apart) and not np.allclose(apart[0], apart[1])
+    calls.clear(); RewardScorer.load(tmp_path / "ens" / "member_0", batch_size=4)(items)
+    assert n_batches == len(calls) > 0  # two members, one reference pass per batch
+    members = load_ensemble(tmp_path / "ens", batch_size=4); calls.clear()
+    first = members[0](items); k = len(calls); second = members[1](items)
+    assert k > 0 and len(calls) == k and np.array_equal(np.stack([first, second]), apart)
+    members[0](items[:3]); assert all(set(m) == {item_key(it) for it in items[:3]} for m in members[0]._refs.values())  # only the latest call's items are kept
+
+
+def test_an_implicit_rewards_reference_has_no_adapters_when_projections_cannot_be_folded(qwen_base, pairs):
+    "8-bit projections are scored as they are, so their adapters must be switched off for the frozen base's reference."
+    import torch
+    rm = build_reward_model(qwen_base, RMConfig(quant="8bit", lora_r=4, reward="lm", pool="sum", seed=0))
+    with torch.no_grad():
+        for n, p in trainable(rm).items(): p.normal_(0, 0.05)
+    items = pair_items(pairs[:4])
+    got = RewardScorer(rm, batch_size=4)(items)
+    np.testing.assert_allclose(got, RewardScorer(rm, batch_size=4, merge=False)(items), atol=1e-4)
+    np.testing.assert_allclose(got, naive_scores(rm, items), atol=1e-4)
+
+
 RUN = """
 import sys, json, time
 from dt2it_mrm.reward_model import pair_items

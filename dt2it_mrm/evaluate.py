@@ -17,10 +17,10 @@ from .data import FieldError, PrefRecord, PreferenceDataError, json_rows, resolv
 # %% auto #0
 __all__ = ['Scorer', 'VLRB_CATEGORIES', 'make_item', 'item_key', 'score_items', 'ScoreCache', 'pair_items', 'pair_margins',
            'accuracy', 'tie_rate', 'group_accuracy', 'macro_accuracy', 'kendall_tau_b', 'expert_agreement', 'best_of_n',
-           'length_correlation', 'ece', 'gold_sign', 'set_metrics', 'evaluate_scorer', 'ImagesMissingError',
-           'images_report', 'check_images', 'vlrb_category', 'read_vl_rewardbench', 'vl_rewardbench_metrics',
-           'read_mm_rlhf_rewardbench', 'acc_plus', 'mm_rlhf_metrics', 'mmrb_category', 'mmrb_area',
-           'read_multimodal_rewardbench', 'multimodal_rewardbench_metrics']
+           'length_correlation', 'ece', 'gold_sign', 'set_metrics', 'evaluation_items', 'evaluate_scorer',
+           'ImagesMissingError', 'images_report', 'check_images', 'vlrb_category', 'read_vl_rewardbench',
+           'vl_rewardbench_metrics', 'read_mm_rlhf_rewardbench', 'acc_plus', 'mm_rlhf_metrics', 'mmrb_category',
+           'mmrb_area', 'read_multimodal_rewardbench', 'multimodal_rewardbench_metrics']
 
 # %% ../nbs/08_evaluate.ipynb #401ec3fa
 Scorer = Callable[[list[dict]], np.ndarray]
@@ -231,6 +231,16 @@ def set_metrics(records: Sequence[dict], # PrefRecord dicts
             "accuracy_blank": None if mb is None else accuracy(mb), "image_reliance": None if mb is None else accuracy(m) - accuracy(mb), "ece": ece(m, bins),
             **length_correlation(records, scorer)}
 
+def evaluation_items(sets: dict[str, Sequence[dict]],   # name -> PrefRecord dicts
+                     blank_sets: Sequence[str] = (),      # names of sets also scored with the image blanked (image reliance)
+                     lists: Sequence[dict] = (),          # ListRecord dicts (expert grades, best-of-N): every answer
+                    ) -> list[dict]:
+    "Every scorer item an evaluation asks for, once each in first-seen order: both answers of each pair (blanked too for `blank_sets`), every answer of each list."
+    items = [it for name, recs in sets.items() for blank in ((False, True) if name in blank_sets else (False,))
+             for half in pair_items(recs, blank) for it in half]
+    items += [it for r in lists for it in _list_items(_d(r))]
+    return list({item_key(it): it for it in items}.values())
+
 def evaluate_scorer(scorer: Scorer,                       # any scorer
                     test_sets: dict[str, Sequence[dict]], # name -> PrefRecord dicts
                     expert: Sequence[dict] | None = None, # ListRecord dicts with expert grades
@@ -240,8 +250,7 @@ def evaluate_scorer(scorer: Scorer,                       # any scorer
     sets = {k: [_d(r) for r in v] for k, v in test_sets.items()}
     expert = [_d(r) for r in expert] if expert is not None else None
     cache = ScoreCache(scorer)
-    need = [it for recs in sets.values() for blank in (False, True) for half in pair_items(recs, blank) for it in half]
-    cache.prefetch(need + [it for r in expert or [] for it in _list_items(r)])
+    cache.prefetch(evaluation_items(sets, list(sets), expert or []))
     out = {"sets": {k: set_metrics(v, cache, bins) for k, v in sets.items()}}
     out["hard_accuracy"] = out["sets"]["test_hard"]["accuracy"] if "test_hard" in sets else None
     out["expert"] = expert_agreement(expert, cache) if expert is not None else None

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from dt2it_mrm.data import PrefRecord, PreferenceDataError
-from dt2it_mrm.evaluate import (ImagesMissingError, ScoreCache, acc_plus, accuracy, best_of_n, ece, evaluate_scorer, expert_agreement,
+from dt2it_mrm.evaluate import (ImagesMissingError, ScoreCache, acc_plus, accuracy, best_of_n, ece, evaluate_scorer, evaluation_items, expert_agreement, item_key,
                                 group_accuracy, kendall_tau_b, length_correlation, macro_accuracy, mm_rlhf_metrics,
                                 mmrb_area, mmrb_category, multimodal_rewardbench_metrics, pair_items, pair_margins,
                                 read_mm_rlhf_rewardbench, read_multimodal_rewardbench, read_vl_rewardbench, score_items,
@@ -75,6 +75,16 @@ def test_pair_items_blank_view_and_record_objects():
     chb, _ = pair_items([r.to_dict()], blank_image=True)
     assert chb[0]["image"] is None
     assert pair_items([pair(0, "a", "b", image=None)])[0][0]["image"] is None  # a record with no image
+
+def test_evaluation_items_are_every_item_once_with_blanked_sets_and_list_answers():
+    sets = {"a": [pair(0, "long answer", "short"), pair(1, "short", "tiny")], "b": [pair(2, "short", "tiny")]}
+    lists = [{"id": "l", "images": ["z.png"], "question": "q?", "answers": ["x", "y", "x"], "scores": [1, 0, 1], "meta": {"system": "Be brief."}}]
+    items = evaluation_items(sets, ["a"], lists)
+    assert len(items) == len({item_key(it) for it in items}) == 3 + 3 + 2  # "short" and "tiny" on x.png once (b adds none); blanked "a" apart; "x" once
+    assert [it["image"] for it in items[3:6]] == [None] * 3 and items[-1] == {"image": "z.png", "question": "q?", "answer": "y", "system": "Be brief."}
+    c = ScoreCache(Counting(n_chars)).prefetch(items)
+    expert_agreement(lists, c); pair_margins(sets["a"], c, blank_image=True)
+    assert c.calls == 1  # the lists' items are those expert_agreement asks for (system prompt included)
 
 def test_scorer_returning_wrong_count_is_an_error():
     with pytest.raises(ValueError, match="returned 1 scores for 2 items"):

@@ -165,7 +165,7 @@ def test_pipeline_in_a_fresh_copy_reruns_only_what_changed(root, tmp_path):
     assert changed.returncode == 0 and ran(changed) == {"construct"}  # only the stage whose params changed
 
 
-STUDY = ("generate", "bias_audit", "construct", "pretrain_base", "train", "curate", "evaluate", "evaluate_rule", "report")
+STUDY = ("generate", "bias_audit", "construct", "pretrain_base", "score_reference", "train", "curate", "evaluate", "evaluate_rule", "report")
 TINY_WORLD = dict(n_expert=4, n_pretrain=10, n_neutral=40, n_dev=20, n_bon=4)
 
 
@@ -197,6 +197,8 @@ def test_the_whole_study_runs_on_a_tiny_world_and_a_loop_param_reruns_only_what_
     cg = study["construction_gain"]  # the constructed set against the raw labels (2 worlds) and against its own labels alone (1 world)
     assert (cg["baseline"]["n_worlds"], cg["labels_only"]["n_worlds"]) == (2, 1) and "`debiased` (the constructed set, no curation) against `baseline`" in (d / "reports/results.md").read_text()
     assert all(study["curation"]["iter1"][w]["score"]["in_sample"] == 0 for w in ("w0", "w1"))  # cross-fitted: every pair scored out of fold
+    arm_metrics = lambda a, w: json.loads((d / f"reports/metrics/arms/{a}/{w}.json").read_text())
+    assert all(arm_metrics(a, w)["reference_from"] == f"data/reference/{w}.json" for a in ("oracle", "baseline", "iter1") for w in ("w0", "w1"))  # the table, not a pass per arm
     assert ran(run("repro")) == set()
     curated = (d / "data/curate/iter1/w0/train.jsonl").read_bytes()
     params["curate"]["loop"]["flip_above"] = 0.0  # flip every pair: any posterior P(wrong) exceeds 0

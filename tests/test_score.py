@@ -163,6 +163,25 @@ def test_members_on_one_base_share_an_implicit_rewards_reference_to_the_bit(base
     members[0](items[:3]); assert all(set(m) == {item_key(it) for it in items[:3]} for m in members[0]._refs.values())  # only the latest call's items are kept
 
 
+def test_a_reference_table_from_the_base_gives_a_trained_models_scores_to_the_bit_without_its_reference_pass(base, pairs, tmp_path, monkeypatch):
+    "score_reference's table: the frozen base's reference computed once, from the base alone, and taken by a trained model on that base."
+    from dt2it_mrm.reward_model import RewardModel
+    cfg = RMConfig(lora_r=4, reward="lm", pool="sum", epochs=2, batch_size=4, lr=5e-3, warmup=1)
+    train_reward_model(pairs[:8], base, cfg, out_dir=tmp_path / "rm", progress=False)
+    items = pair_items(pairs[:6]) + [{**pair_items(pairs[:1])[0], "image": None}]
+    own = RewardScorer.load(tmp_path / "rm", batch_size=4)(items)
+    table = RewardScorer(build_reward_model(base, cfg), batch_size=4).reference_table(items)
+    assert len(table["items"]) == len(items) and table["identity"]["lm_reference"] == "blank"
+    table = json.loads(json.dumps(table))  # as the stage writes and reads it
+    calls = []; orig = RewardModel.reference_logp
+    monkeypatch.setattr(RewardModel, "reference_logp", lambda self, *a, **kw: calls.append(1) or orig(self, *a, **kw))
+    sc = RewardScorer.load(tmp_path / "rm", batch_size=4)
+    assert sc.use_references(table) == [0] and np.array_equal(sc(items), own) and not calls
+    other = RewardScorer(build_reward_model(base, RMConfig(lora_r=4, reward="lm", lm_reference="image")), batch_size=4)
+    assert other.use_references(table) == [] and RewardScorer(build_reward_model(base, RMConfig(lora_r=4)), batch_size=4).use_references(table) == []
+    with pytest.raises(ValueError, match="no reference"): RewardScorer(build_reward_model(base, RMConfig(lora_r=4)), batch_size=4).reference_table(items)
+
+
 def test_an_implicit_rewards_reference_has_no_adapters_when_projections_cannot_be_folded(qwen_base, pairs):
     "8-bit projections are scored as they are, so their adapters must be switched off for the frozen base's reference."
     import torch

@@ -18,13 +18,14 @@ from tqdm.auto import tqdm
 from .core import jsonl_line, jsonl_lines, read_json, stable_hash, write_json
 from .data import load_image
 from .reward_model import (BLANK, FeatureCache, ItemData, RewardModel, blank_tensors, row_positions_of, common_prefix, images_field, item_images,
-                                    load_reward_model, model_fingerprint, member_paths)
+                                    base_fingerprint, load_reward_model, model_fingerprint, member_paths)
 from .vlm import as_dtype, autocast, blank_image, chat_text, image_features, load_processor, model_device, piece_bytes, split_images, to_device
 
 # %% auto #0
-__all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'n_lora', 'merged_lora_layers', 'swapped', 'item_key', 'packed_length',
-           'prompt_batches', 'RewardScorer', 'load_ensemble', 'naive_scores', 'read_scored', 'unique_items',
-           'scorer_file', 'claim_output', 'score_to_jsonl', 'read_scores', 'record_items', 'main']
+__all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'reference_identity', 'n_lora', 'merged_lora_layers', 'swapped',
+           'item_key', 'packed_length', 'prompt_batches', 'RewardScorer', 'load_ensemble', 'naive_scores',
+           'read_scored', 'unique_items', 'scorer_file', 'claim_output', 'score_to_jsonl', 'read_scores',
+           'record_items', 'main']
 
 # %% ../nbs/06c_score.ipynb #1502ff21
 class MergedLinear(nn.Module):
@@ -40,6 +41,12 @@ def dense_weight(layer: nn.Module) -> torch.Tensor | None:
     if isinstance(layer, bnb.nn.Linear4bit): return bnb.functional.dequantize_4bit(w.data, w.quant_state).float()
     if type(layer) is nn.Linear: return w.detach().float()
     return None
+
+def reference_identity(rm: RewardModel) -> dict:
+    "What an implicit reward's reference depends on besides the item: the base's content and the settings that reach the frozen pass."
+    c = rm.cfg
+    return {"base": base_fingerprint(rm.base_path), "device": model_device(rm).type, "blank_image": c.blank_image,
+            **{k: getattr(c, k) for k in ("quant", "compute_dtype", "attn_implementation", "lm_reference", "blank_size", "min_pixels", "max_pixels")}}
 
 def n_lora(rm: nn.Module) -> int:
     "How many LoRA projections of `rm` have an active adapter."
@@ -132,6 +139,7 @@ class RewardScorer:
         self.processor = load_processor(self.models[0].base_path, c0.min_pixels, c0.max_pixels)
         self._feats: dict = {}
         self._refs: dict = {}  # reference key (`_reference_key`) -> item key -> an implicit reward's reference, for the items of the latest call
+        self._reference_only = False  # `reference_table`: the reference pass alone
         self._merged: dict[int, dict] = {}  # member -> its folded layers, made at its first call (members are frozen)
         self._fingerprint: str | None = None
 
@@ -201,16 +209,17 @@ class RewardScorer:
                 share = self.share_prefix and m.cfg.attn_implementation != "flash_attention_2"
                 prompt = (lambda i: (str(data.keys[i]), items[i]["question"], items[i].get("system"))) if share else (lambda i: i)
                 feats = self._features(m, data); m.eval(); dev = model_device(m)
-                if self.merge and j not in self._merged:  # an implicit reward's reference is the base alone: folded apart, without the adapters
-                    self._merged[j] = (merged_lora_layers(m), merged_lora_layers(m, adapters=False) if m.cfg.reward != "head" else None, n_lora(m))
-                fold, ref_fold, lora = self._merged.get(j, ({}, None, 0))
+                if j not in self._merged:  # an implicit reward's reference is the base alone: folded apart, without the adapters
+                    self._merged[j] = (merged_lora_layers(m) if self.merge else {},
+                                       merged_lora_layers(m, adapters=False) if self.merge and m.cfg.reward != "head" else {}, n_lora(m))
+                fold, ref_fold, lora = self._merged[j]
                 with autocast(m.cfg.compute_dtype, dev):
                     ids = [t["input_ids"].tolist() for t in data.texts] if share and self.max_tokens else None
                     for groups in prompt_batches(lens, keys, prompt, self.batch_size, self.max_tokens, ids):
                         rows = [i for g in groups for i in g]; local = _local(groups)
                         b, pieces, blank_ = (to_device(x, dev) for x in (data.batch(rows), [feats[data.keys[i]] for i in rows], [feats[BLANK]] * len(rows)))
                         local = m.pack(b, local) if len(local) < len(rows) else None  # packed once for the reference and the adapted pass
-                        if ref_fold is not None:
+                        if m.cfg.reward != "head":
                             memo = self._refs.setdefault(self._reference_key(m, blank), {}); known = [memo.get(keys[i]) for i in rows]
                             if all(v is not None for v in known): b["lm_reference"] = torch.stack(known).to(dev)  # another member on this base computed it
                             else:
@@ -218,6 +227,7 @@ class RewardScorer:
                                     b["lm_reference"] = m.reference_logp({k: v for k, v in b.items() if k != "answer_mask"}, b["answer_mask"], pieces, blank_, local,
                                                                          adapters_off=len(ref_fold) < lora)
                                 memo.update(zip((keys[i] for i in rows), b["lm_reference"].cpu().unbind()))
+                            if self._reference_only: continue
                         with swapped(m, fold): r = m(b, pieces, blank_, groups=local)["rewards"]
                         out[j, rows] = r.double().cpu().numpy()
         return out
@@ -225,6 +235,25 @@ class RewardScorer:
     def __call__(self, items: Sequence[dict]) -> np.ndarray:
         "Scorer protocol: one score per item (the members' mean)."
         return self.member_scores(items).mean(0)
+
+    def reference_table(self, items: Sequence[dict]) -> dict:
+        "Member 0's implicit-reward reference of every item (the reference pass alone), with what it depends on: a table `use_references` hands to scorers of other models on that base."
+        m = self.models[0]
+        if m.cfg.reward == "head": raise ValueError("member 0 has a value-head reward (reward: head): there is no reference to compute")
+        self._reference_only = True
+        try: self.member_scores(items)
+        finally: self._reference_only = False
+        memo = self._refs[self._reference_key(m, m.cfg.blank_image)]
+        return {"identity": reference_identity(m), "items": {k: float(memo[k]) for k in map(item_key, items)}}
+
+    def use_references(self, table: dict) -> list[int]:
+        "Take the references of `table` (`reference_table`) for every member whose base and settings it was made with, so they skip that pass; those members."
+        took = []
+        for j, m in enumerate(self.models):
+            if m.cfg.reward == "head" or reference_identity(m) != table["identity"]: continue
+            self._refs[self._reference_key(m, m.cfg.blank_image)] = {k: torch.tensor(v, dtype=torch.float32) for k, v in table["items"].items()}
+            took.append(j)
+        return took
 
 def load_ensemble(path: str | Path, **kw) -> list[RewardScorer]:
     "One scorer per member of the ensemble (or single model) saved at `path`; they share one image-feature cache and an implicit reward's reference."

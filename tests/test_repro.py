@@ -1,5 +1,6 @@
 """The pinned CPU mode (dt2it_mrm.repro): argument checks, the in-process pins, and the committed fingerprint of a tiny
-end-to-end run (benchmarks/fingerprint.py), which a fresh pinned process must reproduce bit for bit — also when the
+end-to-end run (benchmarks/fingerprint.py) for this CPU's vendor (MKL's branch differs between Intel and other CPUs),
+which a fresh pinned process must reproduce bit for bit — also when the
 caller's environment asks for other kernels — while the same run on torch's generic kernels gives other bits."""
 import json
 import os
@@ -10,10 +11,28 @@ import pytest
 from rm_fixtures import PY, ROOT, _env
 from dt2it_mrm.repro import ISA_FLAGS, PIN_ISAS, PIN_VARS, THREAD_VARS, apply_pins, cpu_info, pinned_env
 
-COMMITTED = ROOT / "tests" / "fingerprint.json"
 HASHES = ("weights", "scores", "base")
 _cpu = cpu_info()
 needs_avx2 = pytest.mark.skipif(_cpu is not None and "avx2" not in _cpu["flags"], reason="the committed fingerprint is pinned to AVX2")
+
+
+def committed_for(vendor: str | None) -> "Path | None":
+    "The fingerprint committed for CPUs of `vendor`: MKL runs the pinned branch on Intel and its AUTO branch elsewhere, so pinned runs agree within a vendor, not across."
+    return next((p for p in sorted((ROOT / "tests").glob("fingerprint*.json")) if json.loads(p.read_text())["machine"].get("vendor") == vendor), None)
+
+
+COMMITTED = committed_for((_cpu or {}).get("vendor")) or ROOT / "tests" / "fingerprint.json"
+needs_fingerprint = pytest.mark.skipif(committed_for((_cpu or {}).get("vendor")) is None,
+                                       reason=f"no fingerprint committed for this CPU's vendor {(_cpu or {}).get('vendor')!r}: "
+                                              "python benchmarks/fingerprint.py --pinned --out tests/fingerprint.<vendor>.json")
+
+
+def test_a_fingerprint_is_committed_for_each_vendor_under_the_same_pins():
+    "Both vendors' pinned runs are on record, made with the same pins and torch, so each machine checks itself against its own vendor's bits."
+    amd, intel = committed_for("AuthenticAMD"), committed_for("GenuineIntel")
+    assert amd is not None and intel is not None and amd != intel
+    a, i = json.loads(amd.read_text()), json.loads(intel.read_text())
+    assert a["pins"] == i["pins"] and a["machine"]["torch"] == i["machine"]["torch"] and a["run"]["rm_steps"] == i["run"]["rm_steps"]
 
 
 def test_pinned_env_sets_every_variable_as_strings_and_only_threads_without_an_isa():
@@ -96,6 +115,7 @@ def _mismatch(got: dict, want: dict, what: str) -> str:
 
 
 @needs_avx2
+@needs_fingerprint
 def test_a_fresh_pinned_process_reproduces_the_committed_fingerprint(pinned_here):
     want = json.loads(COMMITTED.read_text())
     assert all(pinned_here[k] == want[k] for k in HASHES), _mismatch(pinned_here, want, "a pinned run")
@@ -103,6 +123,7 @@ def test_a_fresh_pinned_process_reproduces_the_committed_fingerprint(pinned_here
 
 
 @needs_avx2
+@needs_fingerprint
 def test_the_pinned_mode_overrides_a_hostile_caller_environment():
     hostile = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
                "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41", "ONEDNN_DEFAULT_FPMATH_MODE": "BF16", "MKL_DYNAMIC": "TRUE"}

@@ -1,25 +1,23 @@
 """An arm's evaluation with the implicit reward's reference read from `score_reference`'s table against the same
 evaluation computing it: every item `evaluate` scores (`evaluate.evaluation_items`), one scorer call each way, fresh
-scorers, medians. The scores must be equal to the bit, and the table must have been taken. Writes
-reports/bench/reference_table.json.
+scorers, medians. The process is pinned as the study's stages are (`base.repro`: `isa`, `threads`), so the table the
+study wrote must give the scores computed in place bit for bit; it is also taken. Writes reports/bench/reference_table.json.
 
     .venv/bin/python benchmarks/reference_table.py [--arm iter3] [--world w0] [--repeats 2]
 """
-import argparse, json, platform, time
+import argparse, json, os, platform, sys, time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from dt2it_mrm.core import load_params, read_json, set_offline, write_json
-from dt2it_mrm.data import read_preferences, read_records
-from dt2it_mrm import evaluate
-from dt2it_mrm.reward_model import member_paths
-from dt2it_mrm.score import RewardScorer
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from dt2it_mrm.core import load_params  # noqa: E402  (no torch import)
+from dt2it_mrm.repro import pinned_env  # noqa: E402
 
 
 def items_of(params: dict, world: str) -> list[dict]:
     "The items the arm's `evaluate` stage scores in `world`, from the study's params."
+    from dt2it_mrm import evaluate
+    from dt2it_mrm.data import read_preferences, read_records
     d, w = params["data"], lambda p: p.replace("{world}", world) if p else p
     pairs = lambda p: [r.to_dict() for r in read_preferences(w(p), d["format"], image_root=d["image_root"], on_error="raise")[0]]
     lists = lambda p: [r.to_dict() for r in read_records(w(p), fmt="listwise", image_root=d["image_root"], on_error="raise")[0]] if p else []
@@ -31,9 +29,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arm", default="iter3"); ap.add_argument("--world", default="w0")
     ap.add_argument("--repeats", type=int, default=2); ap.add_argument("--out", default="reports/bench/reference_table.json")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: as a study stage runs)")
-    a = ap.parse_args(); set_offline(); torch.set_num_threads(a.threads)
-    params = load_params("params.yaml")
+    a = ap.parse_args()
+    params = load_params("params.yaml"); repro = params["base"]["repro"]
+    os.environ.update(pinned_env(repro["isa"], repro["threads"]))  # before torch is imported: the stages' kernels
+    import numpy as np
+    from dt2it_mrm.core import read_json, set_offline, write_json
+    from dt2it_mrm.repro import apply_pins
+    from dt2it_mrm.reward_model import member_paths
+    from dt2it_mrm.score import RewardScorer
+    pins = apply_pins(repro["threads"]); set_offline()
     items = items_of(params, a.world)
     table = read_json(params["score_reference"]["reference"].replace("{world}", a.world))
     model = member_paths(Path(params["train"]["models_dir"]) / a.arm / a.world)[0]
@@ -46,9 +50,9 @@ def main():
         t0 = time.perf_counter(); got = sc(items); table_s.append(time.perf_counter() - t0)
         if not np.array_equal(own, got): raise AssertionError(f"scores with the table differ from scores computed in place (max diff {np.abs(own - got).max()})")
     to, tt = float(np.median(own_s)), float(np.median(table_s))
-    res = {"arm": a.arm, "world": a.world, "model": str(model), "items": len(items), "repeats": a.repeats, "torch_threads": torch.get_num_threads(),
+    res = {"arm": a.arm, "world": a.world, "model": str(model), "items": len(items), "repeats": a.repeats, "pins": pins,
            "cpu": platform.processor() or platform.machine(), "reference_in_place_s": to, "reference_from_table_s": tt, "speedup": to / tt,
-           "table_stage_s": table["wall_s"], "scores_bit_equal": True}
+           "speedups": [o / t for o, t in zip(own_s, table_s)], "table_stage_s": table["wall_s"], "scores_bit_equal": True}
     print(json.dumps(res, indent=1)); write_json(a.out, res)
 
 

@@ -17,12 +17,9 @@ from dt2it_mrm.repro import pinned_env  # noqa: E402
 def items_of(params: dict, world: str) -> list[dict]:
     "The items the arm's `evaluate` stage scores in `world`, from the study's params."
     from dt2it_mrm import evaluate
-    from dt2it_mrm.data import read_preferences, read_records
     d, w = params["data"], lambda p: p.replace("{world}", world) if p else p
-    pairs = lambda p: [r.to_dict() for r in read_preferences(w(p), d["format"], image_root=d["image_root"], on_error="raise")[0]]
-    lists = lambda p: [r.to_dict() for r in read_records(w(p), fmt="listwise", image_root=d["image_root"], on_error="raise")[0]] if p else []
-    sets = {s: pairs(p) for s, p in d["test_sets"].items()}
-    return evaluate.evaluation_items(sets, params["evaluate"]["blank_sets"], lists(d["expert_set"]) + lists(d["bon_set"]))
+    sets, expert, bon = evaluate.read_evaluation_sets({s: w(p) for s, p in d["test_sets"].items()}, d["format"], d["image_root"], w(d["expert_set"]), w(d["bon_set"]))
+    return evaluate.evaluation_items(sets, params["evaluate"]["blank_sets"], (expert or []) + (bon or []))
 
 
 def main():
@@ -52,7 +49,7 @@ def main():
     to, tt = float(np.median(own_s)), float(np.median(table_s))
     res = {"arm": a.arm, "world": a.world, "model": str(model), "items": len(items), "repeats": a.repeats, "pins": pins,
            "cpu": platform.processor() or platform.machine(), "reference_in_place_s": to, "reference_from_table_s": tt, "speedup": to / tt,
-           "speedups": [o / t for o, t in zip(own_s, table_s)], "table_stage_s": table["wall_s"], "scores_bit_equal": True}
+           "speedups": [o / t for o, t in zip(own_s, table_s)], "scores_bit_equal": True}
     print(json.dumps(res, indent=1)); write_json(a.out, res)
 
 

@@ -12,15 +12,15 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from scipy import special, stats
 
-from .data import FieldError, PrefRecord, PreferenceDataError, json_rows, resolve_image
+from .data import FieldError, PrefRecord, PreferenceDataError, json_rows, read_preferences, read_records, resolve_image
 
 # %% auto #0
 __all__ = ['Scorer', 'VLRB_CATEGORIES', 'make_item', 'item_key', 'score_items', 'ScoreCache', 'pair_items', 'pair_margins',
            'accuracy', 'tie_rate', 'group_accuracy', 'macro_accuracy', 'kendall_tau_b', 'expert_agreement', 'best_of_n',
-           'length_correlation', 'ece', 'gold_sign', 'set_metrics', 'evaluation_items', 'evaluate_scorer',
-           'ImagesMissingError', 'images_report', 'check_images', 'vlrb_category', 'read_vl_rewardbench',
-           'vl_rewardbench_metrics', 'read_mm_rlhf_rewardbench', 'acc_plus', 'mm_rlhf_metrics', 'mmrb_category',
-           'mmrb_area', 'read_multimodal_rewardbench', 'multimodal_rewardbench_metrics']
+           'length_correlation', 'ece', 'gold_sign', 'set_metrics', 'read_evaluation_sets', 'evaluation_items',
+           'evaluate_scorer', 'ImagesMissingError', 'images_report', 'check_images', 'vlrb_category',
+           'read_vl_rewardbench', 'vl_rewardbench_metrics', 'read_mm_rlhf_rewardbench', 'acc_plus', 'mm_rlhf_metrics',
+           'mmrb_category', 'mmrb_area', 'read_multimodal_rewardbench', 'multimodal_rewardbench_metrics']
 
 # %% ../nbs/08_evaluate.ipynb #401ec3fa
 Scorer = Callable[[list[dict]], np.ndarray]
@@ -230,6 +230,17 @@ def set_metrics(records: Sequence[dict], # PrefRecord dicts
             "per_group": ga["per_group"], "worst_group": ga["worst"], "fairness_gap": ga["gap"],
             "accuracy_blank": None if mb is None else accuracy(mb), "image_reliance": None if mb is None else accuracy(m) - accuracy(mb), "ece": ece(m, bins),
             **length_correlation(records, scorer)}
+
+def read_evaluation_sets(test_sets: dict[str, str],       # name -> pair file
+                         fmt: str = "jsonl",                 # their format (`data.FORMATS`)
+                         image_root: str | Path | None = None,
+                         expert_set: str | None = None,      # expert-graded lists (listwise JSONL), or None
+                         bon_set: str | None = None,         # best-of-N lists (listwise JSONL), or None
+                        ) -> tuple[dict[str, list[dict]], list[dict] | None, list[dict] | None]:
+    "The test sets (name -> PrefRecord dicts), expert lists and best-of-N lists an evaluation reads; bad input raises with its file and line."
+    pairs = lambda f: [r.to_dict() for r in read_preferences(f, fmt, image_root=image_root, on_error="raise")[0]]
+    lists = lambda f: [r.to_dict() for r in read_records(f, fmt="listwise", image_root=image_root, on_error="raise")[0]] if f else None
+    return {name: pairs(f) for name, f in test_sets.items()}, lists(expert_set), lists(bon_set)
 
 def evaluation_items(sets: dict[str, Sequence[dict]],   # name -> PrefRecord dicts
                      blank_sets: Sequence[str] = (),      # names of sets also scored with the image blanked (image reliance)

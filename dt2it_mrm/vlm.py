@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_vlm.ipynb #33f49d1a
 from __future__ import annotations
-import json, math, random, time
+import json, math, random, re, time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -28,8 +28,9 @@ __all__ = ['SPECIAL_TOKENS', 'Qwen2VLImageProcessorOnly', 'Qwen2_5_VLImageProces
            'cat_pieces', 'piece_bytes', 'encoder_outputs', 'with_features', 'dequantize_4bit_portable',
            'portable_cpu_4bit', 'as_dtype', 'default_device', 'autocast', 'quantization_config', 'fix_cpu_4bit',
            'quantized_modules', 'check_attn_implementation', 'load_base', 'PretrainConfig', 'vision_param_names',
-           'lr_factors', 'lm_examples', 'lm_loss', 'seeing_gap', 'split_by_image', 'pretrain',
-           'vision_position_embedding', 'build_base', 'save_base']
+           'lr_factors', 'lm_examples', 'lm_loss', 'seeing_gap', 'split_by_image', 'pretrain', 'word_substitutes',
+           'corrupt_answer', 'false_claims', 'claim_loss', 'claim_accuracy', 'vision_position_embedding', 'build_base',
+           'save_base']
 
 # %% ../nbs/06a_vlm.ipynb #8da33b78
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -534,6 +535,10 @@ class PretrainConfig:
     val_images: int = 100      # scenes held out for validation
     eval_every: int = 200      # steps between validation passes
     seed: int = 0
+    verify: float = 0.0        # weight of claim checking: each answer's log-likelihood against a false copy's (`corrupt_answer`), a Bradley–Terry term beside captioning (0: captioning alone)
+    verify_words: int = 1      # words replaced in a false copy
+    verify_beta: float = 1.0   # scale of the log-likelihood difference in that term
+    verify_copies: int = 4     # false copies drawn per record (a step takes one of them)
 
     @classmethod
     def from_params(cls, params: dict) -> "PretrainConfig":
@@ -599,13 +604,17 @@ def pretrain(model, processor, records: Sequence[dict], # pre-training records
              image_root: str | Path | None = None,
              progress: bool = True,
             ) -> dict:
-    "Train `model` in place with the next-token loss on the answers; returns the history and the final seeing gap."
+    "Train `model` in place with the next-token loss on the answers (and, with `cfg.verify`, claim checking); returns the history and the final seeing gap."
     seed_everything(cfg.seed); t0 = time.perf_counter()
     fam = FAMILIES[model.config.model_type]
     tr_recs, val_recs = split_by_image(records, cfg.val_images, cfg.seed)
     tr, store = lm_examples(processor, tr_recs, image_root)
     val, vstore = lm_examples(processor, val_recs, image_root); store |= vstore
     pad = processor.tokenizer.pad_token_id
+    if cfg.verify:  # the corpus of substitutes is the training answers alone
+        subs = word_substitutes(r["answer"] for r in tr_recs)
+        fakes, vfakes = (false_claims(processor, recs, ex, subs, cfg) for recs, ex in ((tr_recs, tr), (val_recs, val)))
+        crnd = random.Random(cfg.seed + 1)  # its own stream: the order of the records is captioning's
     vis_names = vision_param_names(model, fam)
     named = [(n, p) for n, p in model.named_parameters()]
     for _, p in named: p.requires_grad_(True)
@@ -619,16 +628,96 @@ def pretrain(model, processor, records: Sequence[dict], # pre-training records
     while step < steps:
         if len(order) < cfg.batch_size: order += rnd.sample(range(len(tr)), len(tr))
         idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        loss = lm_loss(model, _lm_batch([tr[j] for j in idx], store, pad))
+        ex = [tr[j] for j in idx]
+        if not cfg.verify: loss = lm_loss(model, _lm_batch(ex, store, pad))
+        else:
+            pick = [(r, crnd.choice(fakes[j])) for r, j in enumerate(idx) if fakes[j]]
+            loss = claim_loss(model, _lm_batch(ex + [f for _, f in pick], store, pad), len(ex), [r for r, _ in pick], cfg.verify, cfg.verify_beta)
         opt.zero_grad(); loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step(); sched.step(); step += 1; bar.update(); bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if step % cfg.eval_every == 0 or step == steps:
-            hist.append({"step": step, "train_loss": loss.item(), **(seeing_gap(model, val, store, pad) if val else {})})
+            hist.append({"step": step, "train_loss": loss.item(), **(seeing_gap(model, val, store, pad) if val else {}),
+                         **({"claim_accuracy": claim_accuracy(model, val, vfakes, store, pad)} if cfg.verify and val else {})})
     bar.close(); model.eval()
     for p in model.parameters(): p.requires_grad_(False)
     return {"history": hist, "steps": steps, "train_records": len(tr), "val_records": len(val),
             "wall_s": time.perf_counter() - t0, "final": hist[-1] if hist else {}}
+
+# %% ../nbs/06a_vlm.ipynb #76849730
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+def word_substitutes(texts: Iterable[str], # the corpus, e.g. the pre-training answers
+                     min_count: int = 2,   # a word counts as seen in a context from this many occurrences
+                    ) -> dict[tuple[str, str], list[str]]:
+    "Per context (the token before a word, the token after), the words seen between them, where there are two or more: what a word could be replaced by and still read right."
+    seen: dict = {}
+    for t in texts:
+        toks = ["^", *_WORD.findall(t), "$"]
+        for i in range(1, len(toks) - 1):
+            if toks[i][0].isalnum(): c = seen.setdefault((toks[i - 1], toks[i + 1]), {}); c[toks[i]] = c.get(toks[i], 0) + 1
+    out = {k: sorted(w for w, n in c.items() if n >= min_count) for k, c in seen.items()}
+    return {k: v for k, v in sorted(out.items()) if len(v) > 1}
+
+def corrupt_answer(text: str,
+                   substitutes: dict, # `word_substitutes` of the corpus
+                   rnd: random.Random,
+                   n: int = 1,        # words to replace
+                  ) -> str | None:
+    "`text` with `n` of its words each replaced by another word seen in the same context (a false claim that reads right), or None where no word has a substitute."
+    spans = [m for m in _WORD.finditer(text)]
+    toks = ["^", *(m.group() for m in spans), "$"]
+    can = [i for i in range(len(spans)) if [w for w in substitutes.get((toks[i], toks[i + 2]), ()) if w != spans[i].group()]]
+    if not can: return None
+    out = text
+    for i in sorted(rnd.sample(can, min(n, len(can))), reverse=True):  # from the end, so earlier spans stay put
+        m = spans[i]; out = out[:m.start()] + rnd.choice([w for w in substitutes[toks[i], toks[i + 2]] if w != m.group()]) + out[m.end():]
+    return out
+
+# %% ../nbs/06a_vlm.ipynb #e23103ab
+def false_claims(processor, records: Sequence[dict], # pre-training records
+                 examples: Sequence[dict],           # their encoded examples (`lm_examples`)
+                 substitutes: dict,                  # `word_substitutes` of the corpus
+                 cfg: PretrainConfig,
+                ) -> list[list[dict]]:
+    "Per record, up to `cfg.verify_copies` encoded false copies of its answer (`corrupt_answer`, seeded by `cfg.seed`): none where no word can be replaced."
+    rnd, image_id = random.Random(cfg.seed), processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    todo = [(j, f) for j, r in enumerate(records)
+            for f in dict.fromkeys(corrupt_answer(r["answer"], substitutes, rnd, cfg.verify_words) for _ in range(cfg.verify_copies)) if f not in (None, r["answer"])]
+    texts = encode_texts(processor, [(records[j]["question"], f) for j, f in todo],
+                         [int((examples[j]["input_ids"] == image_id).sum()) for j, _ in todo], labels=True) if todo else []
+    out = [[] for _ in records]
+    for (j, _), t in zip(todo, texts): out[j].append(t | {"image": examples[j]["image"]})
+    return out
+
+def _row_logp(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    "Each row's per-token negative log-likelihood of its labels and the mask of labelled tokens."
+    labels = batch["labels"][:, 1:]; logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return nll, labels != -100
+
+def claim_loss(model, batch: dict, # the true rows, then one false copy per pair
+               k: int,                   # true rows (the first `k`)
+               pairs: Sequence[int],     # the true row of each false copy, in order
+               weight: float, beta: float = 1.0,
+              ) -> torch.Tensor:
+    "Captioning loss of the first `k` rows plus `weight` times the Bradley–Terry loss of each true answer's summed log-likelihood over its false copy's."
+    nll, m = _row_logp(model, batch)
+    if not len(pairs): return nll[:k][m[:k]].mean()  # no answer of the batch had a false copy
+    s = -(nll * m).sum(1)
+    return nll[:k][m[:k]].mean() + weight * F.softplus(-beta * (s[list(pairs)] - s[k:])).mean()
+
+@torch.no_grad()
+def claim_accuracy(model, examples: Sequence[dict], fakes: Sequence[Sequence[dict]], store: dict, pad_id: int, batch_size: int = 32) -> float:
+    "Share of (answer, false copy) pairs (`false_claims`) where the answer is the likelier one, given the image."
+    was = model.training; model.eval(); hits = n = 0
+    pairs = [(e, f) for e, fs in zip(examples, fakes) for f in fs]
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        nll, m = _row_logp(model, _lm_batch([e for e, _ in chunk] + [f for _, f in chunk], store, pad_id))
+        s = -(nll * m).sum(1); hits += int((s[:len(chunk)] > s[len(chunk):]).sum()); n += len(chunk)
+    model.train(was)
+    return hits / max(n, 1)
 
 # %% ../nbs/06a_vlm.ipynb #bb4a0156
 def vision_position_embedding(model):

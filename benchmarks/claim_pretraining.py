@@ -17,7 +17,7 @@ where the answer is the likelier) are measured on the held-out scenes of pre-tra
 from a bootstrap over worlds, then pairs; the paired dev difference is the new base's row minus the study base's. The
 choice is on dev; `test_neutral` is only reported. Every process runs pinned as the stages do (`base.repro`).
 
-    .venv/bin/python benchmarks/claim_pretraining.py [--verify 1.0] [--words 1] [--workers 2] [--keep-base]
+    .venv/bin/python benchmarks/claim_pretraining.py [--verify 1.0] [--words 1] [--workers 2] [--keep-base] [--study-runs reports/bench/claim_pretraining.json --out ...]
 
 Writes reports/bench/claim_pretraining.json and .md; the new base goes to data/bench/base_claims.
 """
@@ -51,7 +51,9 @@ def pretrain_claims(params: dict, out: str, verify: float, words: int) -> dict:
     rep = pretrain(model, proc, records, cfg, progress=False)
     if Path(out).exists(): shutil.rmtree(out)
     save_base(model, proc, out)
-    return {"final": rep["final"], "steps": rep["steps"], "wall_s": round(rep["wall_s"], 1), "config": cfg.__dict__, "torch": torch.__version__}
+    report = {"final": rep["final"], "steps": rep["steps"], "wall_s": round(rep["wall_s"], 1), "config": cfg.__dict__, "torch": torch.__version__}
+    (Path(out) / "pretrain_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return report
 
 
 def base_figures(params: dict, base: str, words: int) -> dict:
@@ -81,7 +83,8 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--base-out", default="data/bench/base_claims")
     ap.add_argument("--out", default="reports/bench/claim_pretraining")
-    ap.add_argument("--keep-base", action="store_true", help="keep the base at --base-out (pre-trained by an earlier run of --out) instead of pre-training it again")
+    ap.add_argument("--study-runs", help="a JSON this script wrote: take its trainings on the study's base instead of training them again (their × last then stays theirs)")
+    ap.add_argument("--keep-base", action="store_true", help="keep the base at --base-out (and its pretrain_report.json, from an earlier run) instead of pre-training it again")
     a = ap.parse_args(); os.chdir(ROOT)
     os.environ.update(pinned_env(params["base"]["repro"]["isa"], params["base"]["repro"]["threads"]))  # before torch, in every worker
     from construction_ablation import job
@@ -93,19 +96,19 @@ def main():
     sets = {"dev": params["data"]["dev"], "test_neutral": params["data"]["test_sets"]["test_neutral"]}
     rm, seed, bases = params["train"]["rm"], params["base"]["seed"], {"study": params["base"]["model"], "claims": a.base_out}
     train = str(Path(params["generate"]["out_dir"]) / "train_oracle.jsonl")
-    old = json.loads(Path(a.out + ".json").read_text()) if a.keep_base and Path(a.out + ".json").exists() else {}
     t0 = time.perf_counter(); stamp = time.strftime("%Y-%m-%dT%H:%M:%S"); tmp = tempfile.TemporaryDirectory()
     with ProcessPoolExecutor(a.workers) as ex:
         zs = {("study", w): ex.submit(zero_shot, w, bases["study"], sets) for w in worlds}  # beside the pre-training, on the other core
-        keep = a.keep_base and Path(a.base_out).exists() and old.get("pretrain")
-        pre = old["pretrain"] if keep else ex.submit(pretrain_claims, params, a.base_out, a.verify, a.words).result()
+        kept = Path(a.base_out) / "pretrain_report.json"
+        pre = json.loads(kept.read_text()) if a.keep_base and kept.exists() else ex.submit(pretrain_claims, params, a.base_out, a.verify, a.words).result()
         zs |= {("claims", w): ex.submit(zero_shot, w, bases["claims"], sets) for w in worlds}
         figs = {b: ex.submit(base_figures, params, path, a.words) for b, path in bases.items()}
+        took = {tuple(r["key"]): r for r in json.loads(Path(a.study_runs).read_text())["runs"] if ROWS[r["key"][0]][0] == "study"} if a.study_runs else {}
         data = {(r, w): train_data(train.format(world=w), tmp.name, seed, world=w, knobs=params["generate"]["world"], **DATA.get(v, {}))
-                for r, (b, v) in ROWS.items() for w in worlds}  # all made before any training is timed
+                for r, (b, v) in ROWS.items() for w in worlds if (r, w) not in took}  # all made before any training is timed
         zs = {k: f.result()["lm_pmi"] for k, f in zs.items()}; figs = {b: f.result() for b, f in figs.items()}
         futs = {(r, w): ex.submit(job, v, w, seed, rm | VARIANTS[v], path, sets, bases[b]) for (r, w), path in data.items() for b, v in [ROWS[r]]}
-        runs = {k: f.result() | {"timed_in": stamp} for k, f in futs.items()}
+        runs = took | {k: f.result() | {"timed_in": stamp} for k, f in futs.items()}
     correct = lambda m: (np.asarray(m) > 0).astype(float)
     rows = {}
     for name, margins in [*((f"lm_pmi zero-shot ({b} base)", {w: zs[b, w]["margins"] for w in worlds}) for b in bases),
@@ -114,8 +117,8 @@ def main():
         rows[name] = {"dev": paired_bootstrap(dev, mean_of("v"), seed=0),
                       "test_neutral": paired_bootstrap([{"v": correct(margins[w]["test_neutral"])} for w in worlds], mean_of("v"), seed=0),
                       "train_s": float(np.mean([runs[name, w]["train_s"] for w in worlds])) if name in ROWS else None}
-    last_s = rows["last"]["train_s"]
-    for name in ROWS: rows[name]["cost_vs_last"] = rows[name]["train_s"] / last_s
+    same_run = lambda r: len({runs[x, w].get("timed_in") for x in (r, "last") for w in worlds}) == 1
+    for name in ROWS: rows[name]["cost_vs_last"] = rows[name]["train_s"] / rows["last"]["train_s"] if same_run(name) else None
     pair = lambda x, y: paired_bootstrap([{"x": correct(x[w]["dev"]), "y": correct(y[w]["dev"])} for w in worlds], diff_of_means("x", "y"), seed=0)
     deltas = {"lm_pmi zero-shot": pair({w: zs["claims", w]["margins"] for w in worlds}, {w: zs["study", w]["margins"] for w in worlds}),
               "lm_beta0.5": pair({w: runs["lm_beta0.5 (claims base)", w]["margins"] for w in worlds}, {w: runs["lm_beta0.5", w]["margins"] for w in worlds})}
@@ -132,9 +135,12 @@ def main():
     for b in bases:
         f = figs[b]; secs = f"{pre['wall_s']:.0f}" if b == "claims" else "(the stage's)"
         md.append(f"| {b} | {f['val_loss']:.4f} | {f['gap']:.3f} | {f['claim_accuracy']:.3f} ({f['claim_pairs']} pairs) | {secs} |")
-    md += ["", "| row | dev accuracy | test_neutral accuracy | train s | × last |", "| --- | --- | --- | --- | --- |"]
+    md += ["", "Train s: mean wall time of one training; × last: over the last-token head's on the study's base, where both were timed in the same run (– if not)."
+           + (f" The trainings on the study's base come from an earlier run (`{a.study_runs}`)." if a.study_runs else ""),
+           "", "| row | dev accuracy | test_neutral accuracy | train s | × last |", "| --- | --- | --- | --- | --- |"]
     for name, r in rows.items():
-        secs, cost = ("–", "–") if r["train_s"] is None else (f"{r['train_s']:.0f}", f"{r['cost_vs_last']:.2f}")
+        secs = "–" if r["train_s"] is None else f"{r['train_s']:.0f}"
+        cost = "–" if r.get("cost_vs_last") is None else f"{r['cost_vs_last']:.2f}"
         md.append(f"| {name} | {interval_str(r['dev'])} | {interval_str(r['test_neutral'])} | {secs} | {cost} |")
     md += ["", "Dev accuracy, claims base minus the study's base (paired, points): "
            + "; ".join(f"{k} {100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]" for k, d in deltas.items()) + ".", "", cmd]

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from rm_fixtures import TINY, make_base, read_jsonl, run_py
-from dt2it_mrm.vlm import (FAMILIES, PretrainConfig, SPECIAL_TOKENS, build_base, chat_text, collate, encode, encode_images, family_of,
-                           image_features, load_base, load_processor, pretrain, quantized_modules, qwen_pixels, save_base,
-                           split_images, with_features)
+from dt2it_mrm.vlm import _lm_batch
+from dt2it_mrm.vlm import (FAMILIES, PretrainConfig, SPECIAL_TOKENS, build_base, chat_text, claim_accuracy, claim_loss, collate,
+                           corrupt_answer, encode, encode_images, false_claims, family_of, image_features, lm_examples, lm_loss,
+                           load_base, load_processor, pretrain, quantized_modules, qwen_pixels, save_base, split_images,
+                           with_features, word_substitutes)
 from dt2it_mrm.data import load_image
 
 
@@ -98,6 +100,36 @@ with torch.no_grad(): lg = m(**p(text=[text], images=[Image.open(img).convert("R
 np.save(out, lg.numpy())
 """, path, r["images"][0], r["question"], r["chosen"], out)
     np.testing.assert_allclose(np.load(out), ref, atol=1e-5)
+
+
+def test_claim_checking_makes_answers_likelier_than_their_false_copies_and_is_off_by_default(tokenizer, world):
+    "False copies read like the corpus but differ in one word; the claim term widens the true answer's lead over them beyond captioning's."
+    import random
+    recs = read_jsonl(world / "pretrain.jsonl")
+    subs = word_substitutes(r["answer"] for r in recs)
+    fake = corrupt_answer(recs[0]["answer"], subs, random.Random(0))
+    assert fake != recs[0]["answer"] and len(fake.split()) == len(recs[0]["answer"].split())
+    cfg = PretrainConfig(verify=1.0, verify_copies=2, seed=0)
+    m0, proc = build_base("llava", tokenizer, seed=0, **TINY)
+    ex, store = lm_examples(proc, recs)
+    fakes = false_claims(proc, recs, ex, subs, cfg)
+    assert any(fakes) and all(not torch.equal(f["input_ids"], e["input_ids"]) for e, fs in zip(ex, fakes) for f in fs)
+    pick = [(j, fs[0]) for j, fs in enumerate(fakes) if fs][:8]
+    pad = tokenizer.pad_token_id
+    batch = _lm_batch([ex[j] for j, _ in pick] + [f for _, f in pick], store, pad)
+    lead = {}
+    for weight in (0.0, 1.0):  # the same start, the same steps, with and without the claim term
+        m, _ = build_base("llava", tokenizer, seed=0, **TINY); m.train()
+        opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+        for _ in range(15):
+            loss = claim_loss(m, batch, len(pick), list(range(len(pick))), weight); opt.zero_grad(); loss.backward(); opt.step()
+        m.eval()
+        with torch.no_grad(): lead[weight] = -claim_loss(m, batch, len(pick), list(range(len(pick))), 1.0) + claim_loss(m, batch, len(pick), list(range(len(pick))), 0.0)
+    assert lead[1.0] > lead[0.0]  # minus the pairwise term: larger when the true answers lead their copies by more
+    with torch.no_grad():
+        assert torch.isclose(claim_loss(m0, _lm_batch([ex[j] for j, _ in pick], store, pad), len(pick), [], 1.0), lm_loss(m0, _lm_batch([ex[j] for j, _ in pick], store, pad)))
+    assert 0 <= claim_accuracy(m0, [ex[j] for j, _ in pick], [[f] for _, f in pick], store, pad) <= 1
+    assert PretrainConfig().verify == 0.0  # captioning alone unless asked
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])

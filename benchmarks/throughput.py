@@ -4,7 +4,8 @@ items, one run. Writes reports/bench/throughput.json.
 The batched scorer is timed as shipped (LoRA folded into dense layers for scoring, `merge=True`, where the reward is
 the value head's; the items of one prompt encoded as one row, `share_prefix=True`), with the adapters kept apart
 (`merge=False`), and with every item its own row (`share_prefix=False`), so the share of the gain that folding and
-prefix sharing bring is on record. Two models: the study's trained
+prefix sharing bring is on record; one more call of each of the shared and the separate-rows scorer under cProfile
+says where their time goes. Two models: the study's trained
 `oracle` reward model (a tiny base, where per-call overheads are small and the ratio is
 modest), and a fresh reward model on a random base of at least 100M parameters (the memory benchmark's config), closer to
 a real VLM. Both paths must give the same scores.
@@ -24,14 +25,14 @@ from dt2it_mrm.reward_model import RMConfig, build_reward_model, load_reward_mod
 from dt2it_mrm.score import RewardScorer, naive_scores
 
 
-def where_time_goes(rm, items, batch_size: int) -> dict:
+def where_time_goes(rm, items, batch_size: int, share_prefix: bool = True) -> dict:
     "One more batched call under cProfile: seconds in each part of it (the profiler's overhead included, so only the shares compare)."
     import cProfile, inspect, pstats
     from dt2it_mrm.reward_model import ItemData, RewardModel, row_positions_of
     parts = {"total": RewardScorer.member_scores, "inputs (tokenise, image tensors)": ItemData.__init__, "image features": RewardScorer._features,
              "position ids (once per prompt)": row_positions_of, "packing (block mask)": RewardModel.pack, "reference pass (frozen base, blank image)": RewardModel.reference_logp,
              "adapted pass": RewardModel.forward}
-    pr = cProfile.Profile(); scorer = RewardScorer(rm, batch_size=batch_size)
+    pr = cProfile.Profile(); scorer = RewardScorer(rm, batch_size=batch_size, share_prefix=share_prefix)
     pr.enable(); scorer(items); pr.disable()
     st = pstats.Stats(pr).stats
     key = lambda f: (lambda c: (c.co_filename, c.co_firstlineno, c.co_name))(inspect.unwrap(f).__code__)
@@ -58,7 +59,8 @@ def compare(rm, items, batch_size: int, repeats: int = 3) -> dict:
             "batched_items_per_s": len(items) / tb, "speedup": tn / tb, "speedups": [n / b for n, b in zip(t_naive, t_batched)],
             "speedup_unfolded": tn / tp, "batched_separate_rows_s": ts, "speedup_separate_rows": tn / ts,
             "max_abs_score_diff": diff, "max_abs_score_diff_shared_vs_separate": float(np.abs(got - got_sep).max()),
-            "reward": rm.cfg.reward, "batched_profile_s": where_time_goes(rm, items, batch_size)}
+            "reward": rm.cfg.reward, "batched_profile_s": where_time_goes(rm, items, batch_size),
+            "batched_separate_rows_profile_s": where_time_goes(rm, items, batch_size, share_prefix=False)}
 
 
 def main():

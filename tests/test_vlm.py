@@ -117,15 +117,15 @@ def test_claim_checking_makes_answers_likelier_than_their_false_copies_and_is_of
     pick = [(j, fs[0]) for j, fs in enumerate(fakes) if fs][:8]
     pad = tokenizer.pad_token_id
     batch = _lm_batch([ex[j] for j, _ in pick] + [f for _, f in pick], store, pad)
-    lead = {}
+    k, rows, lead = len(pick), list(range(len(pick))), {}
     for weight in (0.0, 1.0):  # the same start, the same steps, with and without the claim term
         m, _ = build_base("llava", tokenizer, seed=0, **TINY); m.train()
         opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
         for _ in range(15):
-            loss = claim_loss(m, batch, len(pick), list(range(len(pick))), weight); opt.zero_grad(); loss.backward(); opt.step()
+            loss = claim_loss(m, batch, k, rows, weight); opt.zero_grad(); loss.backward(); opt.step()
         m.eval()
-        with torch.no_grad(): lead[weight] = -claim_loss(m, batch, len(pick), list(range(len(pick))), 1.0) + claim_loss(m, batch, len(pick), list(range(len(pick))), 0.0)
-    assert lead[1.0] > lead[0.0]  # minus the pairwise term: larger when the true answers lead their copies by more
+        with torch.no_grad(): lead[weight] = claim_loss(m, batch, k, rows, 0.0) - claim_loss(m, batch, k, rows, 1.0)  # minus the pairwise term
+    assert lead[1.0] > lead[0.0]  # larger when the true answers lead their copies by more
     with torch.no_grad():
         assert torch.isclose(claim_loss(m0, _lm_batch([ex[j] for j, _ in pick], store, pad), len(pick), [], 1.0), lm_loss(m0, _lm_batch([ex[j] for j, _ in pick], store, pad)))
     assert 0 <= claim_accuracy(m0, [ex[j] for j, _ in pick], [[f] for _, f in pick], store, pad) <= 1

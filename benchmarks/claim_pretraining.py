@@ -38,17 +38,13 @@ ROWS = {  # name -> (base: "study" or "claims", oracle_dev variant)
 def pretrain_claims(params: dict, out: str, verify: float, words: int) -> dict:
     "Pre-train the study's base again with claim checking (`verify`, `words`), save it at `out`; its report."
     import shutil, torch
-    from dt2it_mrm.core import seed_everything, set_offline
+    from dt2it_mrm.core import set_offline
     from dt2it_mrm.repro import apply_pins
-    from dt2it_mrm.vlm import PretrainConfig, build_base, pretrain, save_base, train_tokenizer, world_texts
+    from dt2it_mrm.vlm import PretrainConfig, pretrain_base, save_base
     set_offline(); apply_pins(params["base"]["repro"]["solo_threads"])
-    p, seed = params["pretrain_base"], params["base"]["seed"]
-    seed_everything(seed)
-    tok = train_tokenizer(world_texts(p["text_files"]), vocab_size=p["vocab_size"])
-    model, proc = build_base(p["family"], tok, seed=seed, **p["arch"])
-    records = [json.loads(l) for l in Path(p["data"]).read_text(encoding="utf-8").splitlines()]
-    cfg = PretrainConfig.from_params({**p["pretrain"], "seed": seed, "verify": verify, "verify_words": words})
-    rep = pretrain(model, proc, records, cfg, progress=False)
+    p = params["pretrain_base"]
+    cfg = PretrainConfig.from_params({**p["pretrain"], "seed": params["base"]["seed"], "verify": verify, "verify_words": words})
+    model, proc, _, rep = pretrain_base(p["text_files"], p["data"], p["family"], cfg, p["vocab_size"], p["arch"], progress=False)
     if Path(out).exists(): shutil.rmtree(out)
     save_base(model, proc, out)
     report = {"final": rep["final"], "steps": rep["steps"], "wall_s": round(rep["wall_s"], 1), "config": cfg.__dict__, "torch": torch.__version__}

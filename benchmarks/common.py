@@ -15,6 +15,18 @@ def read_pairs(path) -> list[dict]:
     return [r.to_dict() for r in read_preferences(path, on_error="raise")[0]]
 
 
+def upscaled(records: list[dict], side: int, folder: Path) -> list[dict]:
+    "`records` with every image resized (bicubic) to `side` x `side` pixels and saved under `folder`: the study's 84-pixel images at a real VLM's image size."
+    from PIL import Image
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True); done = {}
+    def big(path: str) -> str:
+        if path not in done:
+            done[path] = str(folder / f"{len(done):05d}.png")
+            with Image.open(path) as im: im.convert("RGB").resize((side, side), Image.BICUBIC).save(done[path])
+        return done[path]
+    return [r | {"images": [big(p) for p in r["images"]]} for r in records]
+
+
 def world_dir(params: dict, world: int | None = None) -> Path:
     "The folder of world `world` (default: the study's first world)."
     return Path(for_world(params["generate"]["out_dir"], world_name(params["base"]["worlds"][0] if world is None else world)))

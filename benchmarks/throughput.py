@@ -5,12 +5,16 @@ The batched scorer is timed as shipped (LoRA folded into dense layers for scorin
 the value head's; the items of one prompt encoded as one row, `share_prefix=True`), with the adapters kept apart
 (`merge=False`), and with every item its own row (`share_prefix=False`), so the share of the gain that folding and
 prefix sharing bring is on record; one more call of each of the shared and the separate-rows scorer under cProfile
-says where their time goes. Two models: the study's trained
-`oracle` reward model (a tiny base, where per-call overheads are small and the ratio is
-modest), and a fresh reward model on a random base of at least 100M parameters (the memory benchmark's config), closer to
-a real VLM. Both paths must give the same scores.
+says where their time goes. Three models: the study's trained `oracle` reward model (a tiny base); a fresh reward model
+on a random base of at least 100M parameters (the memory benchmark's config), closer to a real VLM; and that base once
+more with the images resized to a real VLM's size (448 x 448: 256 image tokens, where the prompt is most of a row and
+sharing it counts most). Both paths must give the same scores.
 
-    .venv/bin/python benchmarks/throughput.py [--model data/models/oracle/w0] [--data data/world/w0/test_iid.jsonl] [--n 200]
+On the study model the batched call is also run under torch's profiler: the share of its operator time in the model's
+arithmetic (matrix products, attention, convolution, log-softmax) gives the speed-up the batched scorer would reach if
+everything else (encoding, packing, Python) took no time (`speedup_ceiling`), the bound on what more batching can win.
+
+    .venv/bin/python benchmarks/throughput.py [--model data/models/oracle/w0] [--data data/world/w0/test_iid.jsonl] [--n 200] [--image_side 448]
 """
 import argparse, json, platform, sys, tempfile, time
 from pathlib import Path
@@ -19,10 +23,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import upscaled  # noqa: E402
 from memory import build  # noqa: E402
 from dt2it_mrm.core import set_offline, write_json
 from dt2it_mrm.reward_model import RMConfig, build_reward_model, load_reward_model, member_paths, pair_items
 from dt2it_mrm.score import RewardScorer, naive_scores
+from dt2it_mrm.vlm import load_processor
 
 
 def where_time_goes(rm, items, batch_size: int, share_prefix: bool = True) -> dict:
@@ -39,12 +45,26 @@ def where_time_goes(rm, items, batch_size: int, share_prefix: bool = True) -> di
     return {name: round(st[key(f)][3], 4) if key(f) in st else 0.0 for name, f in parts.items()}
 
 
-def compare(rm, items, batch_size: int, repeats: int = 3) -> dict:
+ARITHMETIC = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
+              "aten::mkldnn_convolution", "aten::convolution", "aten::_log_softmax")
+
+
+def arithmetic_share(rm, items, batch_size: int) -> dict:
+    "One more batched call under torch's profiler: the share of its operator time spent in the model's arithmetic (matrix products, attention, convolution, log-softmax)."
+    from torch.profiler import ProfilerActivity, profile
+    scorer = RewardScorer(rm, batch_size=batch_size)
+    with profile(activities=[ProfilerActivity.CPU]) as prof: scorer(items)
+    ev = prof.key_averages(); total = sum(e.self_cpu_time_total for e in ev)
+    arith = {e.key: e.self_cpu_time_total for e in ev if e.key in ARITHMETIC}
+    return {"arithmetic_share": sum(arith.values()) / total, "arithmetic_ops_s": {k: round(v / 1e6, 4) for k, v in arith.items()}}
+
+
+def compare(rm, items, batch_size: int, repeats: int = 3, processor=None) -> dict:
     "Time both paths on `items` with reward model `rm`, `repeats` times each (medians; first-call costs excluded)."
-    naive_scores(rm, items[:2]); RewardScorer(rm)(items[:2])
+    naive_scores(rm, items[:2], processor); RewardScorer(rm)(items[:2])
     t_naive, t_batched, t_plain, t_sep = [], [], [], []
     for _ in range(repeats):
-        t0 = time.perf_counter(); ref = naive_scores(rm, items); t_naive.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); ref = naive_scores(rm, items, processor); t_naive.append(time.perf_counter() - t0)
         scorer = RewardScorer(rm, batch_size=batch_size)  # a fresh scorer: no image features cached, LoRA not folded yet
         t0 = time.perf_counter(); got = scorer(items); t_batched.append(time.perf_counter() - t0)
         plain = RewardScorer(rm, batch_size=batch_size, merge=False)  # the same, LoRA kept apart: what folding adds
@@ -63,17 +83,26 @@ def compare(rm, items, batch_size: int, repeats: int = 3) -> dict:
             "batched_separate_rows_profile_s": where_time_goes(rm, items, batch_size, share_prefix=False)}
 
 
+def with_ceiling(res: dict, rm, items, batch_size: int) -> dict:
+    "`res` with the arithmetic's share of the batched call and the speed-up the batched scorer would reach if everything else took no time."
+    a = arithmetic_share(rm, items, batch_size)
+    return res | a | {"speedup_ceiling": res["one_at_a_time_s"] / (a["arithmetic_share"] * res["batched_s"])}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="data/models/oracle/w0"); ap.add_argument("--data", default="data/world/w0/test_iid.jsonl")
     ap.add_argument("--n", type=int, default=200, help="pairs (2 items each) for the study's model")
     ap.add_argument("--n_large", type=int, default=12, help="pairs for the >=100M-parameter model")
+    ap.add_argument("--image_side", type=int, default=448, help="the large model once more with images resized to this side (448: 256 image tokens; 0: skip)")
+    ap.add_argument("--n_images", type=int, default=8, help="pairs for the large model with resized images")
     ap.add_argument("--batch_size", type=int, default=32); ap.add_argument("--out", default="reports/bench/throughput.json")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: timings that hold up beside other work on the machine)")
     a = ap.parse_args(); set_offline(); torch.manual_seed(0); torch.set_num_threads(a.threads)
     recs = [json.loads(l) for l in Path(a.data).read_text().splitlines()]
     res = {"data": a.data, "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
-    res["study_model"] = {"model": a.model, **compare(load_reward_model(member_paths(a.model)[0]), pair_items(recs[: a.n]), a.batch_size)}
+    study, items = load_reward_model(member_paths(a.model)[0]), pair_items(recs[: a.n])
+    res["study_model"] = {"model": a.model, **with_ceiling(compare(study, items, a.batch_size), study, items, a.batch_size)}
     print(json.dumps(res["study_model"], indent=1), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         n = build(Path(tmp) / "base", "qwen3_vl", 1024, 16, 16)
@@ -81,7 +110,13 @@ def main():
         with torch.no_grad(): rm.head.weight.normal_(0, 0.02)  # the value head starts at zero: give the scores a spread
         res["large_model"] = {"parameters": n, "config": {"hidden": 1024, "layers": 16, "heads": 16, "quant": "4bit"},
                               **compare(rm, pair_items(recs[: a.n_large]), a.batch_size)}
-    print(json.dumps(res["large_model"], indent=1))
+        print(json.dumps(res["large_model"], indent=1), flush=True)
+        if a.image_side:  # the prompt then is mostly image tokens, as with real images
+            px = a.image_side ** 2; big = pair_items(upscaled(recs[: a.n_images], a.image_side, Path(tmp) / "images"))
+            rm = build_reward_model(Path(tmp) / "base", RMConfig(quant="4bit", lora_r=16, lora_alpha=16, min_pixels=px, max_pixels=px))
+            with torch.no_grad(): rm.head.weight.normal_(0, 0.02)
+            res["large_images"] = {"parameters": n, "image_side": a.image_side, **compare(rm, big, a.batch_size, processor=load_processor(Path(tmp) / "base", px, px))}
+            print(json.dumps(res["large_images"], indent=1))
     write_json(a.out, res)
 
 

@@ -24,7 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import read_pairs  # noqa: E402
+from common import read_pairs, upscaled  # noqa: E402
 from memory import build  # noqa: E402
 
 
@@ -63,25 +63,31 @@ def compare(base, recs, rm_params: dict, repeats: int, evals=None, **over) -> di
     return res
 
 
+def token_stats(proc, recs) -> dict:
+    "Mean tokens of a row, of a pair as two rows and as one packed row, and the ratio: the most sharing can save where a step's cost is all per token."
+    from dt2it_mrm.reward_model import PairData, common_prefix
+    d = PairData(proc, recs); L = d.lengths(); ids = [t["input_ids"].tolist() for t in d.texts]
+    packed = [L[i] + L[d.n + i] - common_prefix([ids[i], ids[d.n + i]]) for i in range(d.n)]
+    return {"row_tokens_mean": float(np.mean(L)), "pair_tokens_separate": float(np.mean(L) * 2), "pair_tokens_shared": float(np.mean(packed)),
+            "token_ratio": float(np.mean(L) * 2 / np.mean(packed))}
+
+
 def main():
     from dt2it_mrm.core import atomic_write, load_params, set_offline, write_json
     from dt2it_mrm.vlm import load_processor
-    from dt2it_mrm.reward_model import PairData, common_prefix
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/world/w0/train_oracle.jsonl"); ap.add_argument("--dev", default="data/world/w0/dev.jsonl")
     ap.add_argument("--pairs", type=int, default=800); ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--large-pairs", type=int, default=12); ap.add_argument("--large-batch", type=int, default=4)
     ap.add_argument("--large-steps", type=int, default=3)
+    ap.add_argument("--image-side", type=int, default=448, help="the large model once more with the images resized to this side (448: 256 image tokens, "
+                    "a real VLM's usual budget; 0: skip)")
     ap.add_argument("--out", default="reports/bench/train_throughput")
     a = ap.parse_args(); set_offline(); torch.set_num_threads(1)
     import os; os.chdir(ROOT)
     params = load_params(ROOT / "params.yaml"); rm, base = params["train"]["rm"], params["base"]["model"]
     recs = read_pairs(a.data)[: a.pairs]
-    proc = load_processor(base); d = PairData(proc, recs); L = d.lengths()
-    ids = [t["input_ids"].tolist() for t in d.texts]
-    packed = [L[i] + L[d.n + i] - common_prefix([ids[i], ids[d.n + i]]) for i in range(d.n)]
-    tokens = {"row_tokens_mean": float(np.mean(L)), "pair_tokens_separate": float(np.mean(L) * 2), "pair_tokens_shared": float(np.mean(packed)),
-              "token_ratio": float(np.mean(L) * 2 / np.mean(packed))}
+    tokens = token_stats(load_processor(base), recs)
     res = {"data": a.data, "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(), "train_rm": rm, **tokens}
     res["study_model"] = {"base": base, **compare(base, recs, rm, a.repeats, read_pairs(a.dev)[:500])}
     print(json.dumps(res["study_model"], indent=1), flush=True)
@@ -90,7 +96,14 @@ def main():
         few = recs[: a.large_pairs]
         res["large_model"] = {"parameters": n, "config": {"hidden": 1024, "layers": 16, "heads": 16}, "batch_size": a.large_batch,
                               **compare(Path(tmp) / "base", few, rm, 1, epochs=a.large_steps * a.large_batch / len(few), batch_size=a.large_batch, warmup=1)}
-    print(json.dumps(res["large_model"], indent=1), flush=True)
+        print(json.dumps(res["large_model"], indent=1), flush=True)
+        if a.image_side:  # the prompt then is mostly image tokens, as with real images: what sharing saves grows with it
+            px = a.image_side ** 2; big = upscaled(few, a.image_side, Path(tmp) / "images")
+            res["large_images"] = {"parameters": n, "image_side": a.image_side, "batch_size": a.large_batch,
+                                   **token_stats(load_processor(Path(tmp) / "base", px, px), big),
+                                   **compare(Path(tmp) / "base", big, rm, 1, epochs=a.large_steps * a.large_batch / len(few), batch_size=a.large_batch,
+                                             warmup=1, min_pixels=px, max_pixels=px, blank_size=a.image_side)}
+            print(json.dumps(res["large_images"], indent=1), flush=True)
     write_json(Path(a.out + ".json"), res)
     s, l = res["study_model"], res["large_model"]
     md = ["# Training throughput: prefix sharing", "",
@@ -100,7 +113,9 @@ def main():
           f"| study base ({base}) | {s['pairs']} x {s['steps']} | {s['pairs_per_s_separate']:.1f} | {s['pairs_per_s_shared']:.1f} | "
           f"**{s['ratio']:.2f}x** ({', '.join(f'{r:.2f}' for r in s['ratios'])}) |",
           f"| random Qwen3-VL, {n / 1e6:.0f}M parameters (batch {l['batch_size']}) | {l['pairs']} x {l['steps']} | {l['pairs_per_s_separate']:.2f} | {l['pairs_per_s_shared']:.2f} | "
-          f"**{l['ratio']:.2f}x** |", "",
+          f"**{l['ratio']:.2f}x** |",
+          *([f"| the same, images at {g['image_side']}x{g['image_side']} ({g['row_tokens_mean']:.0f} tokens a row; {g['token_ratio']:.2f}x fewer packed) | "
+             f"{g['pairs']} x {g['steps']} | {g['pairs_per_s_separate']:.3f} | {g['pairs_per_s_shared']:.3f} | **{g['ratio']:.2f}x** |"] if (g := res.get("large_images")) else []), "",
           f"Rows average {tokens['row_tokens_mean']:.1f} tokens: a pair is {tokens['pair_tokens_separate']:.1f} tokens as two rows and "
           f"{tokens['pair_tokens_shared']:.1f} packed, {tokens['token_ratio']:.2f}x fewer, the most sharing can save where a step's cost is all per token "
           f"(the tiny base's steps also carry per-call costs that do not shrink). The two study trainings end at loss {s['final_loss_separate']:.4f} and {s['final_loss_shared']:.4f}; "

@@ -213,6 +213,7 @@ class RewardScorer:
                     self._merged[j] = (merged_lora_layers(m) if self.merge else {},
                                        merged_lora_layers(m, adapters=False) if self.merge and m.cfg.reward != "head" else {}, n_lora(m))
                 fold, ref_fold, lora = self._merged[j]
+                memo = self._refs.setdefault(self._reference_key(m, blank), {}) if m.cfg.reward != "head" else None
                 with autocast(m.cfg.compute_dtype, dev):
                     ids = [t["input_ids"].tolist() for t in data.texts] if share and self.max_tokens else None
                     for groups in prompt_batches(lens, keys, prompt, self.batch_size, self.max_tokens, ids):
@@ -220,7 +221,7 @@ class RewardScorer:
                         b, pieces, blank_ = (to_device(x, dev) for x in (data.batch(rows), [feats[data.keys[i]] for i in rows], [feats[BLANK]] * len(rows)))
                         local = m.pack(b, local) if len(local) < len(rows) else None  # packed once for the reference and the adapted pass
                         if m.cfg.reward != "head":
-                            memo = self._refs.setdefault(self._reference_key(m, blank), {}); known = [memo.get(keys[i]) for i in rows]
+                            known = [memo.get(keys[i]) for i in rows]
                             if all(v is not None for v in known): b["lm_reference"] = torch.stack(known).to(dev)  # another member on this base computed it
                             else:
                                 with swapped(m, ref_fold):  # projections that could not be folded (8-bit) still carry adapters: they are switched off

@@ -30,7 +30,7 @@ __all__ = ['SPECIAL_TOKENS', 'Qwen2VLImageProcessorOnly', 'Qwen2_5_VLImageProces
            'quantized_modules', 'check_attn_implementation', 'load_base', 'PretrainConfig', 'vision_param_names',
            'lr_factors', 'lm_examples', 'lm_loss', 'seeing_gap', 'split_by_image', 'pretrain', 'word_substitutes',
            'corrupt_answer', 'false_claims', 'claim_loss', 'claim_accuracy', 'vision_position_embedding', 'build_base',
-           'save_base']
+           'save_base', 'pretrain_base']
 
 # %% ../nbs/06a_vlm.ipynb #8da33b78
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -256,9 +256,9 @@ def qwen_pixels(processor, images: Sequence[Image.Image]) -> list[tuple[dict, in
     if any(im.size != (W, H) or im.mode != "RGB" for im in images): return None
     p, m, T = ip.patch_size, ip.merge_size, ip.temporal_patch_size
     if ip.do_resize and smart_resize(H, W, p * m, ip.size.shortest_edge, ip.size.longest_edge) != (H, W): return None
-    x = np.stack([np.asarray(im) for im in images])                            # N, H, W, C (uint8)
-    x = (x.astype(np.float64) * ip.rescale_factor).astype(np.float32)          # the processor's arithmetic, step by step
-    x = (x - np.array(ip.image_mean, np.float32)) / np.array(ip.image_std, np.float32)
+    byte = (np.arange(256, dtype=np.float64) * ip.rescale_factor).astype(np.float32)[:, None]  # the processor's arithmetic, step by step,
+    table = (byte - np.array(ip.image_mean, np.float32)) / np.array(ip.image_std, np.float32)     # on each byte value, per channel
+    x = table[np.stack([np.asarray(im) for im in images]), np.arange(table.shape[1])]           # N, H, W, C: looked up, not recomputed
     gh, gw = H // p, W // p; N, C = len(x), x.shape[-1]
     x = x.reshape(N, gh // m, m, p, gw // m, m, p, C).transpose(0, 1, 4, 2, 5, 7, 3, 6)  # N, gh/m, gw/m, m, m, C, p, p
     x = np.broadcast_to(x[:, :, :, :, :, :, None], (*x.shape[:6], T, p, p)).reshape(N, gh * gw, C * T * p * p)
@@ -667,11 +667,11 @@ def corrupt_answer(text: str,
     "`text` with `n` of its words each replaced by another word seen in the same context (a false claim that reads right), or None where no word has a substitute."
     spans = [m for m in _WORD.finditer(text)]
     toks = ["^", *(m.group() for m in spans), "$"]
-    can = [i for i in range(len(spans)) if [w for w in substitutes.get((toks[i], toks[i + 2]), ()) if w != spans[i].group()]]
-    if not can: return None
+    alts = {i: a for i in range(len(spans)) if (a := [w for w in substitutes.get((toks[i], toks[i + 2]), ()) if w != spans[i].group()])}
+    if not alts: return None
     out = text
-    for i in sorted(rnd.sample(can, min(n, len(can))), reverse=True):  # from the end, so earlier spans stay put
-        m = spans[i]; out = out[:m.start()] + rnd.choice([w for w in substitutes[toks[i], toks[i + 2]] if w != m.group()]) + out[m.end():]
+    for i in sorted(rnd.sample(list(alts), min(n, len(alts))), reverse=True):  # from the end, so earlier spans stay put
+        m = spans[i]; out = out[:m.start()] + rnd.choice(alts[i]) + out[m.end():]
     return out
 
 # %% ../nbs/06a_vlm.ipynb #e23103ab
@@ -743,3 +743,19 @@ def save_base(model, processor, path: str | Path) -> Path:
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True); processor.save_pretrained(str(path))
     return path
+
+# %% ../nbs/06a_vlm.ipynb #af19abbe
+def pretrain_base(text_files: Sequence[str | Path], # the world's text (JSONL files): the tokenizer is trained on it
+                  data: str | Path,                  # the pre-training records (JSONL)
+                  family: str,                       # a key of `FAMILIES`
+                  cfg: PretrainConfig = PretrainConfig(),
+                  vocab_size: int = 1000,            # upper bound of the tokenizer's vocabulary
+                  arch: dict | None = None,          # `build_base`'s size settings (hidden, layers, heads, ...)
+                  progress: bool = True,
+                 ) -> tuple:
+    "A base VLM from nothing, seeded by `cfg.seed`: a tokenizer trained on `text_files`, `build_base`, `pretrain` on `data`; the model, its processor, the records and the pre-training report."
+    seed_everything(cfg.seed)
+    tok = train_tokenizer(world_texts(text_files), vocab_size=vocab_size)
+    model, processor = build_base(family, tok, seed=cfg.seed, **(arch or {}))
+    records = read_jsonl(data)
+    return model, processor, records, pretrain(model, processor, records, cfg, progress=progress)

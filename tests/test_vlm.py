@@ -48,6 +48,9 @@ def test_vectorised_image_tensors_equal_the_processors_bit_for_bit(family, token
     from PIL import Image
     proc = load_processor(make_base(tokenizer, family, tmp_path / family))
     ims = [load_image(r["images"][0]) for r in pairs[:5]]
+    noise = np.random.default_rng(0).integers(0, 256, (*ims[0].size[::-1], 3), dtype=np.uint8)
+    noise.reshape(-1, 3)[:256] = np.arange(256)[:, None]  # every byte value in every channel
+    ims.append(Image.fromarray(noise))
     ref = proc(text=[chat_text(proc, "")] * len(ims), images=ims, return_tensors="pt", padding=True)
     got = encode_images(proc, ims)
     assert [n for _, n in got] == (ref["input_ids"] == proc.image_token_id).sum(1).tolist()

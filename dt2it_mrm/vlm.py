@@ -256,9 +256,9 @@ def qwen_pixels(processor, images: Sequence[Image.Image]) -> list[tuple[dict, in
     if any(im.size != (W, H) or im.mode != "RGB" for im in images): return None
     p, m, T = ip.patch_size, ip.merge_size, ip.temporal_patch_size
     if ip.do_resize and smart_resize(H, W, p * m, ip.size.shortest_edge, ip.size.longest_edge) != (H, W): return None
-    byte = (np.arange(256, dtype=np.float64) * ip.rescale_factor).astype(np.float32)[:, None]  # the processor's arithmetic, step by step,
-    table = (byte - np.array(ip.image_mean, np.float32)) / np.array(ip.image_std, np.float32)     # on each byte value, per channel
-    x = table[np.stack([np.asarray(im) for im in images]), np.arange(table.shape[1])]           # N, H, W, C: looked up, not recomputed
+    x = np.stack([np.asarray(im) for im in images])                            # N, H, W, C (uint8)
+    x = (x.astype(np.float64) * ip.rescale_factor).astype(np.float32)          # the processor's arithmetic, step by step
+    x = (x - np.array(ip.image_mean, np.float32)) / np.array(ip.image_std, np.float32)
     gh, gw = H // p, W // p; N, C = len(x), x.shape[-1]
     x = x.reshape(N, gh // m, m, p, gw // m, m, p, C).transpose(0, 1, 4, 2, 5, 7, 3, 6)  # N, gh/m, gw/m, m, m, C, p, p
     x = np.broadcast_to(x[:, :, :, :, :, :, None], (*x.shape[:6], T, p, p)).reshape(N, gh * gw, C * T * p * p)

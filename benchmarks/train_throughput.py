@@ -9,12 +9,13 @@ rounding; the benchmark reports how far their dev rewards drift apart.
 
 Two models: the study's `train.rm` on its base (a tiny Qwen3-VL, where per-call overheads are a large share of a step),
 and the same settings on a random Qwen3-VL base of about 170M parameters (the memory benchmark's; a few steps of a
-smaller batch only).
+smaller batch only), once with the study's 84-pixel images (9 image tokens) and once with them resized to 448 pixels
+(256 image tokens: the prompt is then most of a row, as with a real VLM's images).
 Pairs per second count optimizer steps x batch size over the training loop's wall time, from the end of the first step
 (its one-time costs left out; image features and the implicit reward's reference are computed before the loop, once, in
 both).
 
-    .venv/bin/python benchmarks/train_throughput.py [--pairs 800] [--repeats 2] [--large-pairs 12] [--large-batch 4] [--large-steps 3]
+    .venv/bin/python benchmarks/train_throughput.py [--pairs 800] [--repeats 2] [--large-pairs 12] [--large-batch 4] [--large-steps 4] [--image-side 448]
 """
 import argparse, json, platform, sys, tempfile, time
 from pathlib import Path
@@ -79,7 +80,7 @@ def main():
     ap.add_argument("--data", default="data/world/w0/train_oracle.jsonl"); ap.add_argument("--dev", default="data/world/w0/dev.jsonl")
     ap.add_argument("--pairs", type=int, default=800); ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--large-pairs", type=int, default=12); ap.add_argument("--large-batch", type=int, default=4)
-    ap.add_argument("--large-steps", type=int, default=3)
+    ap.add_argument("--large-steps", type=int, default=4)
     ap.add_argument("--image-side", type=int, default=448, help="the large model once more with the images resized to this side (448: 256 image tokens, "
                     "a real VLM's usual budget; 0: skip)")
     ap.add_argument("--out", default="reports/bench/train_throughput")

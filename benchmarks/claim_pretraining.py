@@ -54,13 +54,13 @@ def pretrain_claims(params: dict, out: str, verify: float, words: int) -> dict:
 
 def base_figures(params: dict, base: str, words: int) -> dict:
     "Held-out loss, seeing gap and claim accuracy of the base at `base` on pre-training's held-out scenes (false copies as `pretrain` draws them)."
-    from dt2it_mrm.core import set_offline
+    from dt2it_mrm.core import read_jsonl, set_offline
     from dt2it_mrm.repro import apply_pins
     from dt2it_mrm.vlm import (PretrainConfig, claim_accuracy, false_claims, lm_examples, load_base, load_processor, seeing_gap,
                                split_by_image, word_substitutes)
     set_offline(); apply_pins(params["base"]["repro"]["threads"])
     p, seed = params["pretrain_base"], params["base"]["seed"]
-    records = [json.loads(l) for l in Path(p["data"]).read_text(encoding="utf-8").splitlines()]
+    records = read_jsonl(p["data"])
     cfg = PretrainConfig.from_params({**p["pretrain"], "seed": seed, "verify": 1.0, "verify_words": words})
     tr, val = split_by_image(records, cfg.val_images, seed)
     model, proc = load_base(base, quant="none"), load_processor(base)

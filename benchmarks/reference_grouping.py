@@ -18,7 +18,7 @@ import torch
 
 from dt2it_mrm.core import atomic_write, set_offline, write_json
 from dt2it_mrm.reward_model import ItemData, blank_tensors, load_reward_model, member_paths, pair_items, row_positions_of
-from dt2it_mrm.score import merged_lora_layers, packed_length, swapped
+from dt2it_mrm.score import _local, merged_lora_layers, packed_length, swapped
 from dt2it_mrm.vlm import image_features, load_processor
 
 
@@ -40,10 +40,9 @@ def reference_pass(rm, data: ItemData, blank: dict, plan: list[list[list[int]]])
     out, tokens, t0 = np.zeros(len(data)), 0, time.perf_counter()
     with torch.inference_mode(), swapped(rm, merged_lora_layers(rm, adapters=False)):
         for groups in plan:
-            rows = [i for g in groups for i in g]; local, n = [], 0
-            for g in groups: local.append(list(range(n, n + len(g)))); n += len(g)
+            rows = [i for g in groups for i in g]
             b = data.batch(rows); view = [blank] * len(rows)
-            p = rm.pack(b, local)
+            p = rm.pack(b, _local(groups))
             tokens += (p.inputs["input_ids"].numel() if p.inputs is not None else b["input_ids"].numel())
             r = rm.reference_logp({k: v for k, v in b.items() if k != "answer_mask"}, b["answer_mask"], view, view, p, adapters_off=False)
             out[rows] = r.double().numpy()

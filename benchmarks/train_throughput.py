@@ -95,15 +95,15 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         n = build(Path(tmp) / "base", "qwen3_vl", 1024, 16, 16)
         few = recs[: a.large_pairs]
+        steps = dict(epochs=a.large_steps * a.large_batch / len(few), batch_size=a.large_batch, warmup=1)  # a.large_steps optimizer steps
         res["large_model"] = {"parameters": n, "config": {"hidden": 1024, "layers": 16, "heads": 16}, "batch_size": a.large_batch,
-                              **compare(Path(tmp) / "base", few, rm, 1, epochs=a.large_steps * a.large_batch / len(few), batch_size=a.large_batch, warmup=1)}
+                              **compare(Path(tmp) / "base", few, rm, 1, **steps)}
         print(json.dumps(res["large_model"], indent=1), flush=True)
         if a.image_side:  # the prompt then is mostly image tokens, as with real images: what sharing saves grows with it
             px = a.image_side ** 2; big = upscaled(few, a.image_side, Path(tmp) / "images")
             res["large_images"] = {"parameters": n, "image_side": a.image_side, "batch_size": a.large_batch,
                                    **token_stats(load_processor(Path(tmp) / "base", px, px), big),
-                                   **compare(Path(tmp) / "base", big, rm, 1, epochs=a.large_steps * a.large_batch / len(few), batch_size=a.large_batch,
-                                             warmup=1, min_pixels=px, max_pixels=px, blank_size=a.image_side)}
+                                   **compare(Path(tmp) / "base", big, rm, 1, **steps, min_pixels=px, max_pixels=px, blank_size=a.image_side)}
             print(json.dumps(res["large_images"], indent=1), flush=True)
     write_json(Path(a.out + ".json"), res)
     s, l = res["study_model"], res["large_model"]

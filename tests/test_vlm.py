@@ -129,8 +129,8 @@ def test_claim_checking_makes_answers_likelier_than_their_false_copies_and_is_of
         m.eval()
         with torch.no_grad(): lead[weight] = claim_loss(m, batch, k, rows, 0.0) - claim_loss(m, batch, k, rows, 1.0)  # minus the pairwise term
     assert lead[1.0] > lead[0.0]  # larger when the true answers lead their copies by more
-    with torch.no_grad():
-        assert torch.isclose(claim_loss(m0, _lm_batch([ex[j] for j, _ in pick], store, pad), len(pick), [], 1.0), lm_loss(m0, _lm_batch([ex[j] for j, _ in pick], store, pad)))
+    true = _lm_batch([ex[j] for j, _ in pick], store, pad)
+    with torch.no_grad(): assert torch.isclose(claim_loss(m0, true, len(pick), [], 1.0), lm_loss(m0, true))
     assert 0 <= claim_accuracy(m0, [ex[j] for j, _ in pick], [[f] for _, f in pick], store, pad) <= 1
     assert PretrainConfig().verify == 0.0  # captioning alone unless asked
 

@@ -28,9 +28,9 @@ __all__ = ['FUSIONS', 'POOLS', 'REWARDS', 'PENALTY_BIAS', 'LORA_TARGETS', 'RM_SC
            'row_positions', 'common_prefix', 'pack_rows', 'pair_groups', 'Packed', 'RewardModel', 'info_nce',
            'lora_config', 'text_hidden', 'place_heads', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order',
            'FeatureCache', 'features_by_key', 'blank_tensors', 'rewards', 'row_positions_of', 'reference_logps',
-           'pair_accuracy', 'pair_loss', 'default_accelerator', 'fit', 'base_fingerprint', 'model_fingerprint',
-           'head_state', 'save_reward_model', 'load_reward_model', 'train_reward_model', 'fold_of', 'train_ensemble',
-           'member_paths', 'members_saw']
+           'pair_accuracy', 'pair_loss', 'default_accelerator', 'pair_tokens', 'token_pieces', 'fit',
+           'base_fingerprint', 'model_fingerprint', 'head_state', 'save_reward_model', 'load_reward_model',
+           'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths', 'members_saw']
 
 # %% ../nbs/06b_reward_model.ipynb #b9224678
 def bt_loss(chosen: torch.Tensor,    # rewards of the chosen answers
@@ -90,6 +90,7 @@ class RMConfig:
     min_pixels: int | None = None # fewest pixels an image is resized to (Qwen-family processors; None: the checkpoint's setting)
     max_pixels: int | None = None # most pixels an image is resized to (None: the checkpoint's setting)
     max_length: int | None = None # most tokens of a row: longer pairs are skipped from training (counted, warned), longer items refused by scoring (None: no limit)
+    max_tokens: int | None = None # most padded tokens per forward-backward pass in training: a micro-batch over it runs in pieces whose gradients add up to the same step (None: whole micro-batches)
     share_prefix: bool = False  # training encodes a pair's shared prompt (image, question, template) once: one row per pair, its two answers behind a block mask
     image_cache_mb: float = 4096 # image tensors kept in memory per data set; beyond, they are re-encoded when their features are needed
     feature_cache_mb: float = 4096 # image features kept per data set; beyond, features are computed per batch and kept in an LRU of this size
@@ -99,6 +100,8 @@ class RMConfig:
         check_fields(self, RM_SCHEMA, "RMConfig")
         if self.pool != "last" and self.fusion not in ("early", "contrastive"):
             raise ValueError(f"RMConfig: pool {self.pool!r} needs fusion early or contrastive (the {self.fusion!r} head reads the last token), got fusion {self.fusion!r}")
+        if self.max_tokens is not None and self.fusion == "contrastive":
+            raise ValueError("RMConfig: max_tokens splits a micro-batch, which would change the contrastive fusion's in-batch negatives; leave it null for that fusion")
         if self.share_prefix and self.attn_implementation == "flash_attention_2":
             raise ValueError("RMConfig: share_prefix needs a 4-D attention mask, which flash_attention_2 does not take; use sdpa or eager")
         if self.reward != "head" and self.fusion not in ("early", "contrastive"):
@@ -118,7 +121,7 @@ RM_SCHEMA = {"quant": OneOf("4bit", "8bit", "none"), "lora_r": Int(1), "lora_alp
              "batch_size": Int(1), "grad_accum": Int(1), "lr": Num(0, lo_open=True), "schedule": OneOf("cosine", "linear", "constant"),
              "warmup": Int(0), "weight_decay": Num(0), "max_grad_norm": Num(0, lo_open=True), "grad_ckpt": Bool(),
              "group_by_length": Bool(), "eval_every": Int(0), "blank_image": Bool(), "blank_size": Int(28),
-             "min_pixels": Opt(Int(1)), "max_pixels": Opt(Int(1)), "max_length": Opt(Int(1)), "share_prefix": Bool(), "image_cache_mb": Num(0),
+             "min_pixels": Opt(Int(1)), "max_pixels": Opt(Int(1)), "max_length": Opt(Int(1)), "max_tokens": Opt(Int(1)), "share_prefix": Bool(), "image_cache_mb": Num(0),
              "feature_cache_mb": Num(0), "seed": Int(),
              "compute_dtype": OneOf("float32", "bf16", "fp16"), "attn_implementation": OneOf(*ATTN_IMPLS, null=True)}
 
@@ -632,6 +635,7 @@ def _check_strategy(acc, cfg: RMConfig, per: int):
     if kind == DistributedType.DEEPSPEED:
         ds = acc.state.deepspeed_plugin
         if ds.zero_stage == 3: raise ValueError("DeepSpeed ZeRO-3 shards the frozen base, which the image features need whole; use ZeRO-2, FSDP or DDP")
+        if cfg.max_tokens is not None: raise ValueError("max_tokens runs a micro-batch as several backward passes, which DeepSpeed counts as micro-batches of its own; use grad_accum, or FSDP or DDP")
         for k, v in {"train_micro_batch_size_per_gpu": per, "gradient_clipping": cfg.max_grad_norm}.items():
             if ds.deepspeed_config.get(k, "auto") == "auto": ds.deepspeed_config[k] = v
     if kind == DistributedType.FSDP:
@@ -649,6 +653,23 @@ def default_accelerator(cfg: RMConfig):
     if AcceleratorState._shared_state.get("_mixed_precision", want) != want: AcceleratorState._reset_state()  # an earlier fit in this process used another precision
     mp = {} if cfg.compute_dtype == "float32" else {"mixed_precision": want}
     return Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(), **mp)
+
+def pair_tokens(data: PairData, shared: bool) -> list[int]:
+    "Padded tokens each pair takes in a training pass: its packed row (prompt once, then both answers) when `shared`, else twice its longer row."
+    ids, n = [t["input_ids"].tolist() for t in data.texts], data.n
+    return [len(ids[i]) + len(ids[n + i]) - common_prefix([ids[i], ids[n + i]]) if shared else 2 * max(len(ids[i]), len(ids[n + i])) for i in range(n)]
+
+def token_pieces(pairs: Sequence[int],   # the pairs of one process's micro-batch, in order
+                 cost: Sequence[int],    # padded tokens of each pair (`pair_tokens`)
+                 max_tokens: int | None, # most padded tokens per piece (pairs x the piece's costliest pair); None: one piece
+                ) -> list[list[int]]:
+    "`pairs` cut in order into pieces of at most `max_tokens` padded tokens (a pair over it alone is a piece)."
+    if max_tokens is None or not pairs: return [list(pairs)]
+    out, cur, top = [], [], 0
+    for i in pairs:
+        if cur and (len(cur) + 1) * max(top, cost[i]) > max_tokens: out.append(cur); cur, top = [], 0
+        cur.append(i); top = max(top, cost[i])
+    return out + [cur]
 
 def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
         evals: dict | None = None,   # name -> PairData, accuracy measured every `eval_every` steps and at the end
@@ -670,6 +691,7 @@ def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
     steps = max(1, int(cfg.epochs * data.n / cfg.batch_size))
     lens = data.lengths(); pair_len = [max(lens[i], lens[data.n + i]) for i in range(data.n)]
     plan = pair_order(data.n, cfg.batch_size, steps, cfg.seed, pair_len if cfg.group_by_length else None)
+    cost = pair_tokens(data, cfg.share_prefix) if cfg.max_tokens is not None else None
     params = [p for p in rm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps))
@@ -684,13 +706,17 @@ def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
         if cfg.reward != "head": data.lm_reference = reference_logps(inner, data, feats)
     model.train(); hist, t0 = [], time.perf_counter()
     bar = tqdm(total=steps, desc=f"train rm ({cfg.fusion})", disable=not progress or not acc.is_main_process, mininterval=10)
+    passes = 0
     for step, pairs in enumerate(plan, 1):
         total = 0.0
         for a in range(cfg.grad_accum):
             mine = pairs[a * micro:(a + 1) * micro][rank * per:(rank + 1) * per]
             with acc.accumulate(model):
-                loss = pair_loss(model, data, feats, mine, cfg, scale=1 / per, device=dev)
-                acc.backward(loss); total += loss.item() / cfg.grad_accum
+                pieces = token_pieces(mine, cost, cfg.max_tokens); passes += len(pieces)
+                for k, piece in enumerate(pieces, 1):  # every process syncs once, on its last piece, however many it has
+                    with acc.no_sync(model) if k < len(pieces) else contextlib.nullcontext():
+                        loss = pair_loss(model, data, feats, piece, cfg, scale=1 / per, device=dev)
+                        acc.backward(loss); total += loss.item() / cfg.grad_accum
                 if acc.sync_gradients:
                     if cfg.max_grad_norm: acc.clip_grad_norm_(params, cfg.max_grad_norm)
                     opt.step(); sched.step(); opt.zero_grad()
@@ -701,7 +727,7 @@ def fit(rm: RewardModel, data: PairData, cfg: RMConfig,
             row |= {f"acc_{n}": pair_accuracy(model, d, eval_feats[n]) for n, d in (evals or {}).items()}
         hist.append(row)
     bar.close(); rm.eval(); rm.full_weights = lambda: full_params(model)
-    return {"history": hist, "steps": steps, "pairs": data.n, "wall_s": time.perf_counter() - t0, "processes": P}
+    return {"history": hist, "steps": steps, "pairs": data.n, "wall_s": time.perf_counter() - t0, "processes": P} | ({"passes": passes} if cfg.max_tokens is not None else {})
 
 # %% ../nbs/06b_reward_model.ipynb #79331f8f
 HEADS_FILE, META_FILE = "heads.safetensors", "reward_model.json"
@@ -717,7 +743,8 @@ def base_fingerprint(base: str | Path) -> str:
     return stable_hash((b / "config.json").read_text(encoding="utf-8"), files, proc)
 
 _NEW_SETTINGS = {"compute_dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None, "max_length": None, "pool": "last", "center": 0.0,
-                 "reward": "head", "lm_beta": 1.0, "lm_reference": "blank", "share_prefix": False}  # settings added after models were fingerprinted, with their defaults
+                 "reward": "head", "lm_beta": 1.0, "lm_reference": "blank", "share_prefix": False,
+                 "max_tokens": None}  # settings added after models were fingerprinted, with their defaults
 
 def model_fingerprint(rm: "RewardModel") -> str:
     "The identity of a reward model's scores: its base (`base_fingerprint`), its config, and the bytes of every adapter and head weight."

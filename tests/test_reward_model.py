@@ -316,15 +316,33 @@ def test_a_pair_encoded_with_its_prompt_once_gives_the_hidden_states_loss_gradie
     assert all(torch.allclose(trained[True][n], p, atol=1e-5) for n, p in trained[False].items())
 
 
-def test_gradient_accumulation_and_checkpointing_train_the_same_weights(base, pairs):
+def test_gradient_accumulation_checkpointing_and_a_token_cap_train_the_same_weights(base, pairs):
     def run(**kw):
         cfg = RMConfig(lora_r=4, epochs=1, batch_size=8, lr=5e-3, warmup=1, **kw)
-        rm = build_reward_model(base, cfg); fit(rm, _data(base, pairs[:16])[1], cfg, progress=False)
-        return {n: p.detach() for n, p in trainable(rm).items()}
-    ref, acc, ckpt = run(), run(grad_accum=2), run(grad_ckpt=True)
+        rm = build_reward_model(base, cfg); rep = fit(rm, _data(base, pairs[:16])[1], cfg, progress=False)
+        return {n: p.detach() for n, p in trainable(rm).items()}, rep
+    (ref, rep), (acc, _), (ckpt, _), (cap, capped) = run(), run(grad_accum=2), run(grad_ckpt=True), run(max_tokens=1)
+    assert "passes" not in rep and capped["passes"] == 16  # 2 steps of 8 pairs, every pair its own forward-backward pass
     for n in ref:
         torch.testing.assert_close(acc[n], ref[n], rtol=1e-3, atol=2e-5)  # summation order differs; Adam amplifies it
         torch.testing.assert_close(ckpt[n], ref[n], rtol=1e-3, atol=2e-5)
+        torch.testing.assert_close(cap[n], ref[n], rtol=1e-3, atol=2e-5)
+
+
+def test_token_pieces_cut_a_micro_batch_in_order_under_the_cap(base, pairs):
+    from dt2it_mrm.reward_model import pair_tokens, token_pieces
+    data = _data(base, pairs[:12])[1]
+    shared, separate = pair_tokens(data, True), pair_tokens(data, False)
+    lens = data.lengths()
+    assert separate == [2 * max(lens[i], lens[12 + i]) for i in range(12)] and all(s < t for s, t in zip(shared, separate))  # the prompt once
+    order = [5, 0, 9, 3, 11, 7, 1]; cap = 3 * max(shared[i] for i in order)
+    pieces = token_pieces(order, shared, cap)
+    assert [i for p in pieces for i in p] == order and len(pieces) > 1  # in order; any 3 pairs fit under the cap, never all 7
+    assert all(len(p) * max(shared[i] for i in p) <= cap for p in pieces)
+    assert all((len(p) + 1) * max(shared[i] for i in p + q[:1]) > cap for p, q in zip(pieces, pieces[1:]))  # a piece ends only where the next pair would break the cap
+    assert token_pieces(order, shared, 1) == [[i] for i in order]  # a pair over the cap is a piece of its own
+    assert token_pieces(order, shared, None) == [order] and token_pieces([], shared, 1) == [[]]
+    with pytest.raises(ValueError, match="contrastive"): RMConfig(fusion="contrastive", max_tokens=512)
 
 
 SCORE = """
@@ -372,35 +390,42 @@ ACCEL = """
 import sys, json, torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
-from dt2it_mrm.reward_model import RMConfig, RewardModel, train_reward_model, trainable
-base, data, out, reward, share = sys.argv[1:]
-packed, pack = [], RewardModel.pack
+import dt2it_mrm.reward_model as R
+from dt2it_mrm.reward_model import PairData, RMConfig, RewardModel, pair_tokens, train_reward_model, trainable
+from dt2it_mrm.vlm import load_processor
+base, data, out, reward, share, cap = sys.argv[1:]
+packed, pack, cuts, pieces_of = [], RewardModel.pack, [], R.token_pieces
 def counted(self, *a, **kw): p = pack(self, *a, **kw); packed.append(p.inputs is not None); return p
-RewardModel.pack = counted
-cfg = RMConfig(lora_r=4, epochs=1, batch_size=8, grad_accum=2, lr=5e-3, warmup=1, seed=0, reward=reward, share_prefix=share == "share")
+def cut(*a, **kw): p = pieces_of(*a, **kw); cuts.append(len(p)); return p
+RewardModel.pack, R.token_pieces = counted, cut
+recs = [json.loads(l) for l in open(data)][:16]
+cost = sorted(pair_tokens(PairData(load_processor(base), recs), share == "share"))
+max_tokens = None if cap == "none" else 2 * cost[int(float(cap) * (len(cost) - 1))]  # two pairs in a pass only where both cost at most this quantile
+cfg = RMConfig(lora_r=4, epochs=1, batch_size=8, grad_accum=2, lr=5e-3, warmup=1, seed=0, reward=reward, share_prefix=share == "share", max_tokens=max_tokens)
 acc = Accelerator(cpu=True, gradient_accumulation_steps=cfg.grad_accum)
-rm, rep = train_reward_model([json.loads(l) for l in open(data)][:16], base, cfg, accelerator=acc, progress=False)
+rm, rep = train_reward_model(recs, base, cfg, accelerator=acc, progress=False)
 assert rep["processes"] == acc.num_processes
 if acc.is_main_process: print("processes", acc.num_processes)
-json.dump([sum(packed), len(packed)], open(f"{out}.rank{acc.process_index}.json", "w"))  # a file per process: their prints interleave
+json.dump([sum(packed), len(packed), cuts], open(f"{out}.rank{acc.process_index}.json", "w"))  # a file per process: their prints interleave
 if acc.is_main_process: save_file({n: p.detach().contiguous() for n, p in trainable(rm).items()}, out)
 """
 
 
-@pytest.mark.parametrize("reward,share", [("head", "separate"), ("lm", "separate"), ("lm", "share")])
-def test_accelerate_launch_with_two_processes_trains_the_same_model(reward, share, base, world, tmp_path):
+@pytest.mark.parametrize("reward,share,cap", [("head", "separate", "none"), ("lm", "separate", "none"), ("lm", "share", "none"), ("lm", "share", "0.25")])
+def test_accelerate_launch_with_two_processes_trains_the_same_model(reward, share, cap, base, world, tmp_path):
     from safetensors.torch import load_file
     script = tmp_path / "train.py"; script.write_text(ACCEL)
     data = world / "train_oracle.jsonl"
-    run_py(ACCEL, base, data, tmp_path / "one.safetensors", reward, share)
+    run_py(ACCEL, base, data, tmp_path / "one.safetensors", reward, share, cap)
     # torchrun, not `accelerate launch --cpu --num_processes 2`: that one starts a single process on a machine without mpirun
     launch = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script), str(base), str(data),
-              str(tmp_path / "two.safetensors"), reward, share]
+              str(tmp_path / "two.safetensors"), reward, share, cap]
     r = subprocess.run(launch, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**_env(), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "processes 2" in r.stdout  # really two (DDP over gloo)
     packs = [json.loads((tmp_path / f"two.safetensors.rank{i}.json").read_text()) for i in range(2)]
-    assert all((k > 0 and k == n) if share == "share" else n == 0 for k, n in packs), packs  # each process really packed its pairs (or never did)
+    assert all((k > 0 and k == n) if share == "share" else n == 0 for k, n, _ in packs), packs  # each process really packed its pairs (or never did)
+    if cap != "none": assert packs[0][2] != packs[1][2], packs  # the cap cut the processes' shares of some micro-batch into different numbers of passes (each syncs once)
     one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
     assert one.keys() == two.keys() and any("lora_B" in k for k in one)
     for k in one:

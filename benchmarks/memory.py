@@ -14,7 +14,8 @@ weights, not the activations of a long batch, decide the comparison; `--no_grad_
 `--token_budget N` measures the training's token cap instead (`RMConfig.max_tokens`): the same 4-bit step on `--pairs`
 pairs whose images are resized to `--image_side` (a real VLM's image size, where activations dominate), with
 activations kept, once whole and once cut into pieces of at most N padded tokens (`reward_model.token_pieces`, as `fit`
-cuts a micro-batch), prompts shared (`share_prefix`). Reported: both peaks, the step times and the largest difference
+cuts a micro-batch), prompts shared (`share_prefix`), the study's implicit reward (`reward: lm`: the gradient reaches every LoRA B
+matrix at the first step, where a zero value head would stop it). Reported: both peaks, the step times and the largest difference
 between the two steps' gradients. Writes reports/bench/token_budget.json and .md.
 
     .venv/bin/python benchmarks/memory.py [--hidden 1024 --layers 16] [--family qwen3_vl]
@@ -33,7 +34,7 @@ def rss_kb(field: str = "VmRSS") -> int:
 
 
 def worker(mode: str, base: str, data: str, n_pairs: int, grad_ckpt: bool, max_tokens: int | None = None, pixels: int | None = None,
-           grads_out: str | None = None):
+           grads_out: str | None = None, reward: str = "head"):
     import ctypes, gc, threading
     import torch
     from dt2it_mrm.reward_model import BLANK, PairData, RMConfig, blank_tensors, build_reward_model, features_by_key, pair_loss, pair_tokens, token_pieces
@@ -41,7 +42,7 @@ def worker(mode: str, base: str, data: str, n_pairs: int, grad_ckpt: bool, max_t
     torch.set_num_threads(2)
     rss_import = rss_kb("RssAnon")
     cfg = RMConfig(quant=mode, lora_r=16, lora_alpha=16, batch_size=n_pairs, grad_ckpt=grad_ckpt, min_pixels=pixels, max_pixels=pixels,
-                   share_prefix=pixels is not None, max_tokens=max_tokens)
+                   share_prefix=pixels is not None, max_tokens=max_tokens, **({"reward": "lm", "pool": "sum", "lm_beta": 0.5} if reward == "lm" else {}))
     rm = build_reward_model(base, cfg); proc = load_processor(base, pixels, pixels)
     with torch.no_grad():
         for t in [*rm.parameters(), *rm.buffers()]:
@@ -90,9 +91,9 @@ def main():
     ap.add_argument("--token_budget", type=int, default=None, help="measure the training's token cap at this many padded tokens per pass (see above)")
     ap.add_argument("--image_side", type=int, default=448, help="--token_budget: images resized to this side")
     ap.add_argument("--worker", nargs=2, metavar=("MODE", "BASE")); ap.add_argument("--max_tokens", type=int, default=None)
-    ap.add_argument("--pixels", type=int, default=None); ap.add_argument("--grads_out", default=None)
+    ap.add_argument("--pixels", type=int, default=None); ap.add_argument("--grads_out", default=None); ap.add_argument("--reward", default="head")
     a = ap.parse_args()
-    if a.worker: return worker(a.worker[0], a.worker[1], a.data, a.pairs, not a.no_grad_ckpt, a.max_tokens, a.pixels, a.grads_out)
+    if a.worker: return worker(a.worker[0], a.worker[1], a.data, a.pairs, not a.no_grad_ckpt, a.max_tokens, a.pixels, a.grads_out, a.reward)
     from dt2it_mrm.core import OFFLINE_ENV, write_json
     # large blocks straight from mmap and back to the kernel when freed: resident memory then tracks live tensors
     env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -128,7 +129,6 @@ def run_worker(env: dict, *args: str) -> dict:
 
 def token_budget(a, env: dict):
     "The 4-bit step on resized images, whole and cut into pieces under the token cap: peaks, times and the gradients' largest difference."
-    import torch
     from safetensors.torch import load_file
     from common import upscaled
     from dt2it_mrm.core import atomic_write, write_json
@@ -136,7 +136,7 @@ def token_budget(a, env: dict):
         t = Path(tmp); n = build(t / "base", a.family, a.hidden, a.layers, a.heads)
         recs = [json.loads(l) for l in Path(a.data).read_text().splitlines()][:a.pairs]
         data = t / "pairs.jsonl"; data.write_text("".join(json.dumps(r) + "\n" for r in upscaled(recs, a.image_side, t / "images")))
-        common = ["4bit", str(t / "base"), "--data", str(data), "--pairs", str(a.pairs), "--pixels", str(a.image_side ** 2), "--no_grad_ckpt"]
+        common = ["4bit", str(t / "base"), "--data", str(data), "--pairs", str(a.pairs), "--pixels", str(a.image_side ** 2), "--no_grad_ckpt", "--reward", "lm"]
         whole = run_worker(env, *common, "--grads_out", str(t / "whole.safetensors"))
         cut = run_worker(env, *common, "--max_tokens", str(a.token_budget), "--grads_out", str(t / "cut.safetensors"))
         g1, g2 = load_file(t / "whole.safetensors"), load_file(t / "cut.safetensors")
@@ -148,7 +148,7 @@ def token_budget(a, env: dict):
            "ratio_step_s": cut["step_s"] / whole["step_s"], "max_abs_grad_diff": diff, "max_abs_grad": scale}
     write_json(a.out or "reports/bench/token_budget.json", out)
     md = ["# A token cap on training passes: peak memory of one step, whole and in pieces", "",
-          f"Random Qwen3-VL of {n / 1e6:.0f}M parameters, 4-bit, activations kept (no checkpointing), prompts shared; one training step on "
+          f"Random Qwen3-VL of {n / 1e6:.0f}M parameters, 4-bit, the study's implicit reward, activations kept (no checkpointing), prompts shared; one training step on "
           f"{a.pairs} pairs with images resized to {a.image_side}x{a.image_side}; each run in a fresh process, peak anonymous resident memory "
           "sampled every ms, minus the memory after imports.", "",
           "| run | passes | padded tokens per pass | step peak MB | step s | loss |", "| --- | --- | --- | --- | --- | --- |",
@@ -156,7 +156,7 @@ def token_budget(a, env: dict):
             for name, r in (("whole batch", whole), (f"max_tokens {a.token_budget}", cut))], "",
           f"The cap holds the step's peak at **{out['ratio_step_peak_minus_imports']:.2f}x** the whole batch's, at {out['ratio_step_s']:.2f}x its time; "
           f"the two steps' gradients differ by at most {diff:.1e} (largest gradient {scale:.1e}).", "",
-          f"    .venv/bin/python benchmarks/memory.py --token_budget {a.token_budget} --pairs {a.pairs} --image_side {a.image_side}", ""]
+          "    .venv/bin/python benchmarks/memory.py " + " ".join(sys.argv[1:]), ""]
     atomic_write(Path(a.out or "reports/bench/token_budget.json").with_suffix(".md"), "\n".join(md)); print("\n".join(md))
 
 

@@ -42,7 +42,7 @@ def test_the_new_settings_default_to_todays_behaviour_and_leave_the_fingerprint_
     assert cfg.compute_dtype == "float32" and cfg.attn_implementation is None and cfg.pool == "last"
     rm = build_reward_model(base, cfg)
     assert all(p.dtype == torch.float32 for p in rm.parameters() if p.dtype.is_floating_point)
-    new = ("compute_dtype", "attn_implementation", "min_pixels", "max_pixels", "max_length", "image_cache_mb", "feature_cache_mb", "pool", "center", "reward", "lm_beta", "lm_reference", "share_prefix")
+    new = ("compute_dtype", "attn_implementation", "min_pixels", "max_pixels", "max_length", "image_cache_mb", "feature_cache_mb", "pool", "center", "reward", "lm_beta", "lm_reference", "share_prefix", "max_tokens")
     old = {k: v for k, v in asdict(cfg).items() if k not in new}  # the config before these settings
     h = __import__("hashlib").sha256()
     for n, t in sorted((n, p) for n, p in rm.named_parameters() if "lora_" in n or not n.startswith("vlm.")):

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from dt2it_mrm.core import atomic_write, set_offline, write_json
-from dt2it_mrm.reward_model import ItemData, blank_tensors, load_reward_model, member_paths, pair_items, row_positions_of
-from dt2it_mrm.score import _local, merged_lora_layers, packed_length, swapped
+from dt2it_mrm.reward_model import ItemData, blank_tensors, load_reward_model, member_paths, packed_length, pair_items, row_positions_of
+from dt2it_mrm.score import _local, merged_lora_layers, swapped
 from dt2it_mrm.vlm import image_features, load_processor
 
 

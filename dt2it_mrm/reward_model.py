@@ -25,10 +25,10 @@ from .vlm import (ATTN_IMPLS, IMAGE_ONLY_KEYS, autocast, blank_image, cat_pieces
 __all__ = ['FUSIONS', 'POOLS', 'REWARDS', 'PENALTY_BIAS', 'LORA_TARGETS', 'RM_SCHEMA', 'SCORE_NEUTRAL', 'MIXED_PRECISION',
            'BLANK', 'HEADS_FILE', 'META_FILE', 'PROCESSOR_FILES', 'ENSEMBLE_FILE', 'bt_loss', 'RMConfig', 'item_image',
            'item_images', 'images_field', 'ItemData', 'pair_items', 'pair_meta', 'PairData', 'CrossHead', 'pool_answer',
-           'row_positions', 'common_prefix', 'pack_rows', 'pair_groups', 'Packed', 'RewardModel', 'info_nce',
-           'lora_config', 'text_hidden', 'place_heads', 'build_reward_model', 'trainable', 'lr_lambda', 'pair_order',
-           'FeatureCache', 'features_by_key', 'blank_tensors', 'rewards', 'row_positions_of', 'reference_logps',
-           'pair_accuracy', 'pair_loss', 'default_accelerator', 'pair_tokens', 'token_pieces', 'fit',
+           'row_positions', 'common_prefix', 'packed_length', 'pack_rows', 'pair_groups', 'Packed', 'RewardModel',
+           'info_nce', 'lora_config', 'text_hidden', 'place_heads', 'build_reward_model', 'trainable', 'lr_lambda',
+           'pair_order', 'FeatureCache', 'features_by_key', 'blank_tensors', 'rewards', 'row_positions_of',
+           'reference_logps', 'pair_accuracy', 'pair_loss', 'default_accelerator', 'pair_tokens', 'token_pieces', 'fit',
            'base_fingerprint', 'model_fingerprint', 'head_state', 'save_reward_model', 'load_reward_model',
            'train_reward_model', 'fold_of', 'train_ensemble', 'member_paths', 'members_saw']
 
@@ -274,6 +274,10 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
     s = min(map(len, rows))
     for r in rows[1:]: s = next((j for j in range(s) if r[j] != rows[0][j]), s)
     return s
+
+def packed_length(ids: Sequence[Sequence[int]]) -> int:
+    "Tokens of rows packed as one (`pack_rows`): their common prefix once, then each row's rest."
+    return sum(map(len, ids)) - (len(ids) - 1) * common_prefix(ids)
 
 def pack_rows(batch: dict,              # a right-padded batch whose rows fall into groups answering the same prompt
               positions: torch.Tensor,  # its position ids (`row_positions`)
@@ -657,7 +661,7 @@ def default_accelerator(cfg: RMConfig):
 def pair_tokens(data: PairData, shared: bool) -> list[int]:
     "Padded tokens each pair takes in a training pass: its packed row (prompt once, then both answers) when `shared`, else twice its longer row."
     ids, n = [t["input_ids"].tolist() for t in data.texts], data.n
-    return [len(ids[i]) + len(ids[n + i]) - common_prefix([ids[i], ids[n + i]]) if shared else 2 * max(len(ids[i]), len(ids[n + i])) for i in range(n)]
+    return [packed_length([ids[i], ids[n + i]]) if shared else 2 * max(len(ids[i]), len(ids[n + i])) for i in range(n)]
 
 def token_pieces(pairs: Sequence[int],   # the pairs of one process's micro-batch, in order
                  cost: Sequence[int],    # padded tokens of each pair (`pair_tokens`)

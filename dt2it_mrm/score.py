@@ -17,15 +17,14 @@ from tqdm.auto import tqdm
 
 from .core import jsonl_line, jsonl_lines, read_json, stable_hash, write_json
 from .data import load_image
-from .reward_model import (BLANK, FeatureCache, ItemData, RewardModel, blank_tensors, row_positions_of, common_prefix, images_field, item_images,
+from .reward_model import (BLANK, FeatureCache, ItemData, RewardModel, blank_tensors, row_positions_of, packed_length, images_field, item_images,
                                     base_fingerprint, load_reward_model, model_fingerprint, member_paths)
 from .vlm import as_dtype, autocast, blank_image, chat_text, image_features, load_processor, model_device, piece_bytes, split_images, to_device
 
 # %% auto #0
 __all__ = ['OUT_FIELDS', 'MergedLinear', 'dense_weight', 'reference_identity', 'n_lora', 'merged_lora_layers', 'swapped',
-           'item_key', 'packed_length', 'prompt_batches', 'RewardScorer', 'load_ensemble', 'naive_scores',
-           'read_scored', 'unique_items', 'scorer_file', 'claim_output', 'score_to_jsonl', 'read_scores',
-           'record_items', 'main']
+           'item_key', 'prompt_batches', 'RewardScorer', 'load_ensemble', 'naive_scores', 'read_scored', 'unique_items',
+           'scorer_file', 'claim_output', 'score_to_jsonl', 'read_scores', 'record_items', 'main']
 
 # %% ../nbs/06c_score.ipynb #1502ff21
 class MergedLinear(nn.Module):
@@ -87,10 +86,6 @@ def item_key(item: dict) -> str:
     if isinstance(image, (list, tuple)): image = images_field(list(image))  # one path in a list is that path
     if item.get("system") is None: return stable_hash(image, item["question"], item["answer"], n=24)
     return stable_hash(image, item["question"], item["answer"], {"system": item["system"]}, n=24)
-
-def packed_length(ids: Sequence[Sequence[int]]) -> int:
-    "Tokens of rows packed as one (`reward_model.pack_rows`): their common prefix once, then each row's rest."
-    return sum(map(len, ids)) - (len(ids) - 1) * common_prefix(ids)
 
 def prompt_batches(lens: Sequence[int],   # each item's token length
                    keys: Sequence[str],   # each item's `item_key` (a stable order among equals)

@@ -14,7 +14,8 @@ from rm_fixtures import ROOT, _env, read_jsonl
 from dt2it_mrm.reward_model import (BLANK, PairData, RMConfig, blank_tensors, build_reward_model, features_by_key, pair_items, pair_loss,
                                     train_ensemble, train_reward_model, trainable)
 from dt2it_mrm.vlm import load_processor
-from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, merged_lora_layers, naive_scores, packed_length, prompt_batches, read_scored, score_to_jsonl
+from dt2it_mrm.reward_model import packed_length
+from dt2it_mrm.score import RewardScorer, item_key, load_ensemble, merged_lora_layers, naive_scores, prompt_batches, read_scored, score_to_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,10 @@ sharing it counts most). Both paths must give the same scores.
 
 On the study model the batched call is also run under torch's profiler: the seconds it spends in the model's arithmetic
 (matrix products, attention, convolution, log-softmax) give the speed-up the batched scorer would reach if everything
-else (encoding, packing, Python) took no time (`speedup_ceiling`), the bound on what more batching can win.
+else (encoding, packing, Python) took no time (`speedup_ceiling`), the bound on what more batching can win; and, without
+a profiler, the seconds it spends inside the model's own passes (vision tower, language-model passes, answer
+log-probabilities; `model_passes_s`): the speed-up if reading, decoding, tokenising, positions and packing were free
+(`speedup_model_passes_bound`), which holds the elementwise work around the arithmetic that the loop runs too.
 
     .venv/bin/python benchmarks/throughput.py [--model data/models/oracle/w0] [--data data/world/w0/test_iid.jsonl] [--n 200] [--image_side 448]
 """

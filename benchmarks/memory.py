@@ -101,13 +101,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         n = build(Path(tmp) / "base", a.family, a.hidden, a.layers, a.heads)
         assert n >= 100_000_000, f"config has only {n:,} parameters"
-        res = {}
-        for mode in ("4bit", "none"):
-            r = subprocess.run([sys.executable, __file__, "--worker", mode, str(Path(tmp) / "base"), "--data", a.data, "--pairs", str(a.pairs)] + (["--no_grad_ckpt"] if a.no_grad_ckpt else []),
-                               capture_output=True, text=True, cwd=ROOT, env=env)
-            line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
-            assert r.returncode == 0 and line, r.stdout[-2000:] + r.stderr[-3000:]
-            res[mode] = json.loads(line[-1][7:])
+        res = {mode: run_worker(env, mode, str(Path(tmp) / "base"), "--data", a.data, "--pairs", str(a.pairs), *(["--no_grad_ckpt"] if a.no_grad_ckpt else []))
+               for mode in ("4bit", "none")}
     q, f = res["4bit"], res["none"]
     out = {"family": a.family, "parameters": n, "config": {"hidden": a.hidden, "layers": a.layers, "heads": a.heads},
            "pairs_per_step": a.pairs, "grad_ckpt": not a.no_grad_ckpt, "qlora_4bit": q, "lora_fp32": f,

@@ -528,6 +528,7 @@ class FeatureCache(dict):
         return out
     def evict(self, keep: set = frozenset()):
         "Drop the least recently used features until the kept ones fit the budget."
+        if self.held <= self.budget: return  # the common case, checked before a pass over every key
         for k in [k for k in self if k not in self.pinned and k not in keep]:
             if self.held <= self.budget: break
             self.held -= piece_bytes(dict.pop(self, k))

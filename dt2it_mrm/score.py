@@ -93,12 +93,20 @@ def prompt_batches(lens: Sequence[int],   # each item's token length
                    batch_size: int,       # most rows per batch
                    max_tokens: int | None = None, # most padded tokens per batch (groups x their longest packed row); None: rows only
                    ids: Sequence[Sequence[int]] | None = None, # each item's token ids: a group's packed length (`packed_length`); None: its rows' summed length
+                   pack_ratio: float | None = None, # a group's packed row at most this many times its longest item (needs `ids`); None: no bound
                   ) -> list[list[list[int]]]:
-    "Batches of item groups: items of one prompt together (a group larger than `batch_size` cut into pieces), groups sorted by their longest item, cut by rows and padded tokens."
+    "Batches of item groups: items of one prompt together (a group larger than `batch_size`, or packing past `pack_ratio`, cut into pieces), groups sorted by their longest item, cut by rows and padded tokens."
+    if pack_ratio is not None and ids is None: raise ValueError("pack_ratio bounds a packed row's length: it needs the items' token ids")
     by: dict = {}
     for i in range(len(lens)): by.setdefault(prompt(i), []).append(i)
-    groups = [sorted(g, key=lambda i: (lens[i], keys[i])) for g in by.values()]
-    groups = [g[s:s + batch_size] for g in groups for s in range(0, len(g), batch_size)]
+    def pieces(g: list[int]) -> list[list[int]]:  # shortest first: the item joining a piece is its longest
+        out, cur = [], []
+        for i in g:
+            if cur and (len(cur) == batch_size or (pack_ratio is not None and packed_length([ids[j] for j in cur + [i]]) > pack_ratio * lens[i])):
+                out.append(cur); cur = []
+            cur.append(i)
+        return out + [cur]
+    groups = [p for g in by.values() for p in pieces(sorted(g, key=lambda i: (lens[i], keys[i])))]
     groups.sort(key=lambda g: (max(lens[i] for i in g), keys[g[0]]))
     cost = lambda g: lens[g[0]] if len(g) == 1 else packed_length([ids[i] for i in g]) if ids is not None else sum(lens[i] for i in g)
     out, cur, longest = [], [], 0
@@ -124,9 +132,13 @@ class RewardScorer:
                  merge: bool = True,              # score LoRA projections as dense fp32 layers (faster; more memory)
                  share_prefix: bool = True,       # items with the same image(s), question and system prompt are encoded as one row, their prompt once (not with flash attention)
                  max_tokens: int | None = None,   # most padded tokens per forward pass as well as `batch_size` rows (long items, e.g. large images, get smaller batches)
+                 pack_ratio: float | None = 2.0,  # a prompt's items share a row while it stays within this many times its longest item's row, else take further rows
+                                                  # (attention grows with a row's square: a long list of answers to a short prompt is cheaper in pieces); None: one row per prompt
                 ):
         self.models = [models] if isinstance(models, RewardModel) else list(models)
         self.batch_size, self.image_root, self.cache_size, self.merge, self.share_prefix, self.max_tokens = batch_size, image_root, cache_size, merge, share_prefix, max_tokens
+        if pack_ratio is not None and not pack_ratio >= 1: raise ValueError(f"pack_ratio must be at least 1 (a row is as long as its longest item), got {pack_ratio!r}")
+        self.pack_ratio = pack_ratio
         c0 = self.models[0].cfg; enc = lambda c: (c.min_pixels, c.max_pixels, c.max_length, c.blank_size)
         if bad := [i for i, m in enumerate(self.models) if enc(m.cfg) != enc(c0)]:
             raise ValueError(f"members {bad} encode inputs differently from member 0 (min_pixels, max_pixels, max_length, blank_size: "
@@ -210,8 +222,8 @@ class RewardScorer:
                 fold, ref_fold, lora = self._merged[j]
                 memo = self._refs.setdefault(self._reference_key(m, blank), {}) if m.cfg.reward != "head" else None
                 with autocast(m.cfg.compute_dtype, dev):
-                    ids = [t["input_ids"].tolist() for t in data.texts] if share and self.max_tokens else None
-                    for groups in prompt_batches(lens, keys, prompt, self.batch_size, self.max_tokens, ids):
+                    ids = [t["input_ids"].tolist() for t in data.texts] if share and (self.max_tokens or self.pack_ratio) else None
+                    for groups in prompt_batches(lens, keys, prompt, self.batch_size, self.max_tokens, ids, self.pack_ratio if share else None):
                         rows = [i for g in groups for i in g]; local = _local(groups)
                         b, pieces, blank_ = (to_device(x, dev) for x in (data.batch(rows), [feats[data.keys[i]] for i in rows], [feats[BLANK]] * len(rows)))
                         local = m.pack(b, local) if len(local) < len(rows) else None  # packed once for the reference and the adapted pass

@@ -495,6 +495,21 @@ def test_bounded_image_and_feature_caches_give_the_unbounded_rewards(base, qwen_
         rm.cfg.feature_cache_mb = 4096
 
 
+def test_feature_cache_drops_least_recently_used_only_when_over_budget():
+    from dt2it_mrm.reward_model import FeatureCache
+    piece = lambda: {"pooler_output": torch.zeros(2, 4)}  # 32 bytes of features
+    calls = []
+    f = FeatureCache(lambda keys: (calls.append(list(keys)), [piece() for _ in keys])[1], budget=96, pinned=["blank"], items=[("blank", piece())])
+    f.get_many(["a", "b"]); assert list(f) == ["blank", "a", "b"] and f.held == 96 and calls == [["a", "b"]]
+    f["a"]; assert list(f) == ["blank", "b", "a"]  # a hit moves to the most recent end
+    f["c"]; assert list(f) == ["blank", "a", "c"] and f.held == 96  # over budget: the least recently used unpinned key went
+    class NoScan(FeatureCache):
+        def __iter__(self): raise AssertionError("a cache under its budget was scanned")
+    g = NoScan(lambda keys: [piece() for _ in keys], budget=10 ** 6)
+    for k in range(50): g[str(k)]  # every lookup of a cache under budget is O(1): no pass over its keys
+    assert g.held == 50 * 32 and dict.__len__(g) == 50
+
+
 def test_single_image_pairs_encode_bit_for_bit_as_before(base, qwen_base, pairs):
     "Digests of the text and image tensors of six one-image pairs, as the code before several images, system prompts and caches made them."
     import hashlib

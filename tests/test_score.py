@@ -81,6 +81,17 @@ def test_prompt_batches_keep_a_prompts_items_together_and_every_item_once():
     assert packed_length(ids[:2]) == 5 + 9 - 3 and packed_length(ids[:3]) == 5 + 9 + 7 - 2 * 2 and packed_length(ids[3:4]) == 3
 
 
+def test_pack_ratio_cuts_a_long_list_of_answers_but_never_a_pair():
+    ids = [list(range(10)) + [100 + i] * 8 for i in range(4)] + [[0, 1, 2, 50, 51], [0, 1, 2, 60, 61, 62, 63, 64, 65, 66, 67]]  # 4 answers of 8 tokens to a 10-token prompt; a pair with a short prompt
+    lens, keys = [len(x) for x in ids], [str(i) for i in range(6)]; prompt = lambda i: "xxxxyy"[i]
+    groups = lambda r: sorted(sorted(g) for bt in prompt_batches(lens, keys, prompt, 8, ids=ids, pack_ratio=r) for g in bt)
+    assert groups(None) == [[0, 1, 2, 3], [4, 5]]
+    assert groups(2.0) == [[0, 1, 2], [3], [4, 5]]  # 3 answers pack to 34 tokens (<= 2 x 18), a 4th would make 42; the pair packs (13 <= 2 x 11)
+    assert groups(1.0) == [[0], [1], [2], [3], [4], [5]]  # no row longer than its longest item: nothing shares
+    for r in (2.0, 3.0, 10.0):  # a pair's packed row is never longer than twice its longer item
+        assert packed_length([ids[4], ids[5]]) <= r * max(lens[4], lens[5]) and [4, 5] in groups(r)
+    with pytest.raises(ValueError, match="needs the items' token ids"): prompt_batches(lens, keys, prompt, 8, pack_ratio=2.0)
+
 @pytest.mark.parametrize("reward", ["head", "lm"])
 def test_items_of_one_prompt_scored_with_the_prompt_once_match_separate_rows(reward, base, pairs, monkeypatch):
     import dt2it_mrm.reward_model as rmod
@@ -98,6 +109,9 @@ def test_items_of_one_prompt_scored_with_the_prompt_once_match_separate_rows(rew
     assert not packed and np.abs(sep - one).max() < tol and np.unique(one).size == len(items)
     budget = RewardScorer(rm, batch_size=4, max_tokens=200)  # a packed row is over 100 tokens: one per pass
     assert np.abs(budget(items) - one).max() < tol and max(map(len, packed)) == 1
+    packed.clear(); apart = RewardScorer(rm, batch_size=4, pack_ratio=1.0)(items)  # no row longer than its longest item: nothing is packed
+    assert not packed and np.abs(apart - one).max() < tol
+    with pytest.raises(ValueError, match="pack_ratio must be at least 1"): RewardScorer(rm, pack_ratio=0.5)
 
 
 @pytest.mark.parametrize("quant", ["4bit", "none", "8bit"])

@@ -92,6 +92,7 @@ def test_pack_ratio_cuts_a_long_list_of_answers_but_never_a_pair():
         assert packed_length([ids[4], ids[5]]) <= r * max(lens[4], lens[5]) and [4, 5] in groups(r)
     with pytest.raises(ValueError, match="needs the items' token ids"): prompt_batches(lens, keys, prompt, 8, pack_ratio=2.0)
 
+
 @pytest.mark.parametrize("reward", ["head", "lm"])
 def test_items_of_one_prompt_scored_with_the_prompt_once_match_separate_rows(reward, base, pairs, monkeypatch):
     import dt2it_mrm.reward_model as rmod

@@ -20,12 +20,11 @@ from dt2it_mrm.score import RewardScorer
 SETTINGS = {"packed whole": None, "pack_ratio 3": 3.0, "pack_ratio 2 (default)": 2.0, "pack_ratio 1.5": 1.5, "apart (pack_ratio 1)": 1.0}
 
 
-def evaluation_items(world: str) -> list[dict]:
-    "The items the evaluate stage scores in `world`, from params.yaml's data group."
-    d = for_world(load_params("params.yaml")["data"], world)
+def evaluation_items(params: dict, world: str) -> list[dict]:
+    "The items the evaluate stage scores in `world`, from the study's `params` (data and evaluate groups)."
+    d = for_world(params["data"], world)
     sets, expert, bon = evaluate.read_evaluation_sets(d["test_sets"], d["format"], d["image_root"], d["expert_set"], d["bon_set"])
-    blank = load_params("params.yaml")["evaluate"]["blank_sets"]
-    return evaluate.evaluation_items(sets, blank, (expert or []) + (bon or []))
+    return evaluate.evaluation_items(sets, params["evaluate"]["blank_sets"], (expert or []) + (bon or []))
 
 
 def main():
@@ -33,9 +32,9 @@ def main():
     ap.add_argument("--arm", default="oracle"); ap.add_argument("--world", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2); ap.add_argument("--out", default="reports/bench/pack_ratio.json")
     a = ap.parse_args(); set_offline(); torch.set_num_threads(1)
-    w = world_name(a.world); items = evaluation_items(w)
-    model = member_paths(Path(load_params("params.yaml")["train"]["models_dir"]) / a.arm / w)[0]
-    table = read_json(for_world(load_params("params.yaml")["score_reference"]["reference"], w))
+    params, w = load_params("params.yaml"), world_name(a.world); items = evaluation_items(params, w)
+    model = member_paths(Path(params["train"]["models_dir"]) / a.arm / w)[0]
+    table = read_json(for_world(params["score_reference"]["reference"], w))
     times, scores = {k: [] for k in SETTINGS}, {}
     for _ in range(a.repeats):
         for name, r in SETTINGS.items():  # in turn, so a slow spell of the machine falls on every setting
